@@ -1,0 +1,26 @@
+# Two entry points (see README): `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export MUJOCO_GL ?= egl
+
+.PHONY: setup demo test throughput
+
+$(BIN)/embodied: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch (a plain `torch` would pull a multi-GB CUDA build).
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/embodied
+
+demo: setup
+	$(BIN)/embodied rollout metaworld/push-v3 --policy scripted --episodes 3 --seed 0 --video results/demo-push.mp4
+
+test: setup
+	$(BIN)/python -m pytest
+
+throughput: setup
+	$(BIN)/python -m embodied.bench.env_throughput --out results/env_throughput.md

@@ -1,0 +1,129 @@
+"""Environment registry: every suite's tasks as Gymnasium ids with string entry points.
+
+A short id ``<suite>/<task>`` (``metaworld/push-v3``) is registered with Gymnasium as
+``embodied/<suite>-<task>`` (``embodied/metaworld-push-v3``), whose entry point is the
+string ``embodied.envs.<suite>:make_env`` with ``task`` in its kwargs, so Minari and
+``gymnasium.make(spec)`` can rebuild it without importing this module first.
+
+Suite modules are imported here only for their task lists; simulators load on first
+``make``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import gymnasium as gym
+
+from embodied.envs.wrappers import COMMON_OPTIONS, EnvOptionError, closest
+
+#: suite name -> module implementing it (``TASKS``, ``MAX_EPISODE_STEPS``, ``make_env``).
+SUITES: dict[str, str] = {
+    "metaworld": "embodied.envs.metaworld",
+    "mujoco": "embodied.envs.mujoco",
+    "robomimic": "embodied.envs.robomimic",
+    "nav": "embodied.envs.nav",
+}
+
+NAMESPACE = "embodied"
+
+
+class UnknownEnvError(KeyError):
+    """An env id that is not registered; the message names the closest valid ids."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+def suite_module(suite: str):
+    return importlib.import_module(SUITES[suite])
+
+
+def gym_id(short_id: str) -> str:
+    """``metaworld/push-v3`` -> ``embodied/metaworld-push-v3``."""
+    suite, task = short_id.split("/", 1)
+    return f"{NAMESPACE}/{suite}-{task}"
+
+
+def env_ids(suite: str | None = None) -> list[str]:
+    """Every short env id, optionally of one suite, in registration order."""
+    suites = [suite] if suite else list(SUITES)
+    return [f"{s}/{task}" for s in suites for task in suite_module(s).TASKS]
+
+
+def register() -> None:
+    """Register every suite's tasks with Gymnasium (idempotent)."""
+    for suite in SUITES:
+        module = suite_module(suite)
+        for task in module.TASKS:
+            env_id = gym_id(f"{suite}/{task}")
+            if env_id in gym.registry:
+                continue
+            steps = module.MAX_EPISODE_STEPS
+            gym.register(
+                id=env_id,
+                entry_point=f"{SUITES[suite]}:make_env",
+                kwargs={"task": task},
+                max_episode_steps=steps.get(task) if isinstance(steps, dict) else steps,
+                disable_env_checker=True,  # checked once, in the tests; not per step
+            )
+
+
+def resolve(env_id: str) -> str:
+    """Map a short or Gymnasium id to the registered Gymnasium id, or raise a clear error."""
+    if not isinstance(env_id, str):
+        raise TypeError(f"env id must be a string like 'metaworld/push-v3', got {type(env_id).__name__}")
+    register()
+    candidate = env_id
+    if not env_id.startswith(NAMESPACE + "/") and "/" in env_id:
+        candidate = gym_id(env_id)
+    if candidate in gym.registry:
+        return candidate
+    ids = env_ids()
+    near = closest(env_id, ids, n=5)
+    hint = f" Closest valid ids: {', '.join(near)}." if near else ""
+    suites = ", ".join(SUITES)
+    raise UnknownEnvError(
+        f"unknown env id {env_id!r}.{hint} Ids look like '<suite>/<task>' with suite one of "
+        f"{suites}; `embodied envs` lists them all."
+    )
+
+
+def make(env_id: str, **options: Any) -> gym.Env:
+    """Make an env by short id (``metaworld/push-v3``) or Gymnasium id.
+
+    Options every suite accepts: ``obs`` ("state" | "pixels" | "state+pixels"),
+    ``image_size`` (int or (H, W)), ``camera``, ``distractors`` (see
+    :mod:`embodied.envs.distractors`), ``frame_stack``, ``action_repeat``, and
+    ``max_episode_steps``. Suites add their own (see each suite module).
+    """
+    return gym.make(resolve(env_id), **options)
+
+
+def make_vec(
+    env_id: str, num_envs: int, vectorization_mode: str = "sync", **options: Any
+) -> gym.vector.VectorEnv:
+    """A Gymnasium vector env of ``num_envs`` copies (``sync`` or ``async`` processes).
+
+    ``reset(seed=s)`` seeds copy ``i`` with ``s + i``.
+    """
+    if vectorization_mode not in ("sync", "async"):
+        raise EnvOptionError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise EnvOptionError(f"num_envs must be a positive integer, got {num_envs!r}")
+    return gym.make_vec(resolve(env_id), num_envs=num_envs, vectorization_mode=vectorization_mode, **options)
+
+
+__all__ = [
+    "COMMON_OPTIONS",
+    "EnvOptionError",
+    "SUITES",
+    "UnknownEnvError",
+    "env_ids",
+    "gym_id",
+    "make",
+    "make_vec",
+    "register",
+    "resolve",
+]

@@ -1,0 +1,176 @@
+"""Meta-World v3 tasks as seedable Gymnasium envs: ``metaworld/<task>-v3``.
+
+The raw Meta-World env ignores ``reset(seed=)`` and draws object and goal positions
+from NumPy's global generator (or, in its benchmarks, from a fixed list of 50 goals).
+Here each env owns its generator: ``reset(seed=s)`` reseeds it, every reset draws new
+positions from it, so the same seed gives the same initial object and goal positions
+and different seeds differ.
+
+Observation: Meta-World's 39 floats (hand xyz, gripper opening, two objects' position
+and quaternion padded to 14, the same 18 from the previous step, goal xyz), as float32.
+The goal is visible by default, as in the MT benchmarks (``goal_observable=False``
+zeroes it, as in ML). ``info["success"]`` is a bool every step; an episode succeeded
+if it was ever true. Episodes are truncated at 500 steps (``max_episode_steps``) and
+the env refuses, with a clear error, to step past truncation.
+
+Cameras: topview, corner, corner2, corner3, corner4, behindGripper, gripperPOV.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from embodied.envs.wrappers import EnvOptionError, apply_options, closest, image_hw, split_options
+
+TASKS: tuple[str, ...] = (
+    "assembly-v3", "basketball-v3", "bin-picking-v3", "box-close-v3",
+    "button-press-topdown-v3", "button-press-topdown-wall-v3", "button-press-v3",
+    "button-press-wall-v3", "coffee-button-v3", "coffee-pull-v3", "coffee-push-v3",
+    "dial-turn-v3", "disassemble-v3", "door-close-v3", "door-lock-v3", "door-open-v3",
+    "door-unlock-v3", "hand-insert-v3", "drawer-close-v3", "drawer-open-v3",
+    "faucet-open-v3", "faucet-close-v3", "hammer-v3", "handle-press-side-v3",
+    "handle-press-v3", "handle-pull-side-v3", "handle-pull-v3", "lever-pull-v3",
+    "pick-place-wall-v3", "pick-out-of-hole-v3", "pick-place-v3", "plate-slide-v3",
+    "plate-slide-side-v3", "plate-slide-back-v3", "plate-slide-back-side-v3",
+    "peg-insert-side-v3", "peg-unplug-side-v3", "soccer-v3", "stick-push-v3",
+    "stick-pull-v3", "push-v3", "push-wall-v3", "push-back-v3", "reach-v3",
+    "reach-wall-v3", "shelf-place-v3", "sweep-into-v3", "sweep-v3", "window-open-v3",
+    "window-close-v3",
+)  # fmt: skip
+
+MAX_EPISODE_STEPS = 500  # Meta-World's own limit: its env raises if stepped past it
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+DEFAULT_CAMERA = "corner2"
+SUITE_OPTIONS: dict[str, Any] = {"goal_observable": True}
+
+# Meta-World's corner cameras render upside down (the MuJoCo frame is flipped).
+_FLIPPED_CAMERAS = {"corner", "corner2", "corner3", "corner4", "topview"}
+
+
+class MetaWorldEnv(gym.Env):
+    """One Meta-World v3 task with per-env seeding (see the module docstring)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
+
+    def __init__(
+        self,
+        task: str,
+        goal_observable: bool = True,
+        render_mode: str | None = "rgb_array",
+        image_size: int | tuple[int, int] = 64,
+        camera: str | None = None,
+        max_episode_steps: int = MAX_EPISODE_STEPS,
+    ):
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ML1_ARGS_KWARGS
+
+        if task not in ALL_V3_ENVIRONMENTS:
+            near = closest(task, ALL_V3_ENVIRONMENTS)
+            raise EnvOptionError(f"unknown Meta-World task {task!r}; closest: {', '.join(near) or 'none'}")
+        camera = camera or DEFAULT_CAMERA
+        if camera not in CAMERAS:
+            raise EnvOptionError(f"unknown Meta-World camera {camera!r}; valid: {', '.join(CAMERAS)}")
+        if not 1 <= max_episode_steps <= MAX_EPISODE_STEPS:
+            raise EnvOptionError(f"max_episode_steps must be in 1..{MAX_EPISODE_STEPS}, got {max_episode_steps}")
+        height, width = image_hw(image_size)
+        self.task = task
+        self.camera = camera
+        self.render_mode = render_mode
+        self.max_episode_steps = int(max_episode_steps)
+        self._flip = camera in _FLIPPED_CAMERAS
+        sim = ALL_V3_ENVIRONMENTS[task](render_mode=render_mode, camera_name=camera, width=width, height=height)
+        # Free (not benchmark-frozen) task sampling, drawn from the env's own generator.
+        sim._freeze_rand_vec = False
+        sim.seeded_rand_vec = True
+        sim._set_task_called = True
+        task_kwargs = {k: v for k, v in ML1_ARGS_KWARGS[task]["kwargs"].items() if k != "task_id"}
+        sim._set_task_inner(**task_kwargs)
+        sim._partially_observable = not goal_observable
+        self.sim = sim
+        space = sim.sawyer_observation_space
+        self.observation_space = gym.spaces.Box(
+            space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), dtype=np.float32)
+        self._steps = 0
+        self._done = True
+        self._sim_seeded = False
+        self.state = np.zeros(39, dtype=np.float64)  # last raw observation (scripted policies read it)
+        self._info_keys: tuple[str, ...] = ()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None or not self._sim_seeded:
+            # Meta-World draws positions from the simulator's generator; seed it from ours.
+            self.sim.seed(int(seed) if seed is not None else int(self.np_random.integers(2**31)))
+            self._sim_seeded = True
+        obs, _ = self.sim.reset()
+        self._steps = 0
+        self._done = False
+        self.state = obs
+        # Same keys at reset as at every step, so episode storage sees one info layout.
+        info = {key: 0.0 for key in self._info_keys}
+        info["success"] = False
+        return obs.astype(np.float32), info
+
+    def step(self, action):
+        if self._done:
+            raise RuntimeError(
+                f"metaworld/{self.task}: step() called after the episode ended "
+                f"(truncated at {self.max_episode_steps} steps); call reset() first"
+            )
+        obs, reward, terminated, truncated, info = self.sim.step(np.asarray(action, dtype=np.float32))
+        self._steps += 1
+        truncated = bool(truncated) or self._steps >= self.max_episode_steps
+        self._done = truncated or bool(terminated)
+        info["success"] = bool(info["success"])
+        if not self._info_keys:
+            self._info_keys = tuple(k for k in info if k != "success")
+        self.state = obs
+        return obs.astype(np.float32), float(reward), bool(terminated), truncated, info
+
+    def render(self):
+        frame = self.sim.render()
+        return np.ascontiguousarray(frame[::-1]) if self._flip else frame
+
+    def close(self):
+        self.sim.close()
+
+
+def make_env(task: str, **options: Any) -> gym.Env:
+    """Build ``metaworld/<task>``; options as in :func:`embodied.make`, plus ``goal_observable``."""
+    common, specific = split_options("metaworld", options, {**SUITE_OPTIONS, "max_episode_steps": MAX_EPISODE_STEPS})
+    env = MetaWorldEnv(
+        task,
+        goal_observable=specific["goal_observable"],
+        render_mode=common["render_mode"],
+        image_size=common["image_size"],
+        camera=common["camera"],
+        max_episode_steps=specific["max_episode_steps"],
+    )
+    return apply_options(env, common)
+
+
+def scripted_policy(env: gym.Env) -> Callable[[Any], np.ndarray]:
+    """Meta-World's hand-written expert for the env's task.
+
+    It reads the simulator state, not the observation, so it works whatever ``obs``
+    mode or wrappers the env has.
+    """
+    from metaworld.policies import ENV_POLICY_MAP
+
+    base = env.unwrapped
+    if not isinstance(base, MetaWorldEnv):
+        raise TypeError("scripted_policy needs a metaworld/<task> env")
+    expert = ENV_POLICY_MAP[base.task]()
+    # The experts were written for goal-visible observations.
+    goal = base.sim._get_pos_goal
+
+    def act(_obs: Any) -> np.ndarray:
+        state = base.state.copy()
+        state[-3:] = goal()
+        return np.clip(expert.get_action(state), -1.0, 1.0).astype(np.float32)
+
+    return act

@@ -1,0 +1,164 @@
+"""Options shared by every suite, and the wrappers that implement them.
+
+Every suite's factory builds its bare simulator env (which must render ``image_size``
+frames from ``camera`` through ``render()``) and hands it to :func:`apply_options`, so
+``obs``, ``image_size``, ``camera``, ``distractors``, ``frame_stack`` and
+``action_repeat`` mean the same thing everywhere. The order is fixed: action repeat
+innermost (a frame is rendered once per agent step, not per simulator step), then
+pixel observations, then distractors on those pixels, then frame stacking.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable, Mapping
+
+import gymnasium as gym
+import numpy as np
+
+OBS_MODES = ("state", "pixels", "state+pixels")
+
+#: Options every suite accepts, with their defaults.
+COMMON_OPTIONS: dict[str, Any] = {
+    "obs": "state",
+    "image_size": 64,
+    "camera": None,
+    "distractors": None,
+    "frame_stack": 1,
+    "action_repeat": 1,
+    "render_mode": "rgb_array",
+}
+
+
+class EnvOptionError(ValueError):
+    """An option passed to ``embodied.make`` is unknown or has a bad value."""
+
+
+def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The valid names nearest to a mistyped one (for error messages)."""
+    choices = list(choices)
+    found = difflib.get_close_matches(word, choices, n=n, cutoff=0.5)
+    if not found:  # fall back on substring matches: "push" -> "push-v3", "push-back-v3"
+        found = [c for c in choices if word.lower() in c.lower()][:n]
+    return found
+
+
+def split_options(
+    suite: str, options: Mapping[str, Any], suite_defaults: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split user options into (common, suite-specific), both filled with defaults.
+
+    Raises :class:`EnvOptionError` naming an unknown option, its closest valid names
+    and the full list of valid ones.
+    """
+    valid = {**COMMON_OPTIONS, **suite_defaults}
+    for key in options:
+        if key not in valid:
+            near = closest(key, valid)
+            hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+            raise EnvOptionError(
+                f"unknown option {key!r} for {suite} envs.{hint} "
+                f"Valid options: {', '.join(sorted(valid))}."
+            )
+    common = {k: options.get(k, v) for k, v in COMMON_OPTIONS.items()}
+    specific = {k: options.get(k, v) for k, v in suite_defaults.items()}
+    _check_common(common)
+    return common, specific
+
+
+def image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """``image_size`` as (height, width): an int is square."""
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        return int(image_size), int(image_size)
+    if (
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(isinstance(v, (int, np.integer)) for v in image_size)
+    ):
+        return int(image_size[0]), int(image_size[1])
+    raise EnvOptionError(f"image_size must be an int or (height, width), got {image_size!r}")
+
+
+def _check_common(common: dict[str, Any]) -> None:
+    if common["obs"] not in OBS_MODES:
+        raise EnvOptionError(f"obs must be one of {', '.join(OBS_MODES)}; got {common['obs']!r}")
+    height, width = image_hw(common["image_size"])
+    if not (8 <= height <= 2048 and 8 <= width <= 2048):
+        raise EnvOptionError(f"image_size must be between 8 and 2048 pixels, got {common['image_size']!r}")
+    for key in ("frame_stack", "action_repeat"):
+        value = common[key]
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise EnvOptionError(f"{key} must be an integer >= 1, got {value!r}")
+    if common["render_mode"] not in (None, "rgb_array"):
+        raise EnvOptionError(
+            f"render_mode must be 'rgb_array' or None (these envs render offscreen), got {common['render_mode']!r}"
+        )
+    if common["distractors"] and common["obs"] == "state":
+        raise EnvOptionError(
+            "distractors change what the agent sees, so they need pixel observations: "
+            "pass obs='pixels' or obs='state+pixels'"
+        )
+
+
+class ActionRepeat(gym.Wrapper):
+    """Repeat each action ``repeat`` times, summing rewards.
+
+    Stops early at termination or truncation. ``info["success"]``, where the env
+    reports it, is true if any repeated step succeeded, so no success is lost.
+    """
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        self.repeat = int(repeat)
+
+    def step(self, action):
+        total = 0.0
+        success = False
+        for _ in range(self.repeat):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            success = success or bool(info.get("success", False))
+            if terminated or truncated:
+                break
+        if "success" in info:
+            info = {**info, "success": success}
+        return obs, total, terminated, truncated, info
+
+
+class PixelObservation(gym.ObservationWrapper):
+    """Replace (``pixels``) or extend (``state+pixels``) the observation with a frame.
+
+    Frames come from the wrapped env's ``render()``, which each suite configures to
+    the requested ``image_size`` and ``camera``; they are ``uint8`` (H, W, 3).
+    """
+
+    def __init__(self, env: gym.Env, mode: str, image_size: tuple[int, int]):
+        super().__init__(env)
+        self.mode = mode
+        height, width = image_size
+        pixel_space = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
+        if mode == "pixels":
+            self.observation_space = pixel_space
+        else:
+            self.observation_space = gym.spaces.Dict({"state": env.observation_space, "pixels": pixel_space})
+
+    def observation(self, observation):
+        frame = self.env.render()
+        if self.mode == "pixels":
+            return frame
+        return {"state": observation, "pixels": frame}
+
+
+def apply_options(env: gym.Env, common: dict[str, Any]) -> gym.Env:
+    """Wrap a bare suite env according to the common options (see module docstring)."""
+    if common["action_repeat"] > 1:
+        env = ActionRepeat(env, common["action_repeat"])
+    if common["obs"] != "state":
+        env = PixelObservation(env, common["obs"], image_hw(common["image_size"]))
+        if common["distractors"]:
+            from embodied.envs.distractors import Distractors
+
+            env = Distractors(env, common["distractors"])
+    if common["frame_stack"] > 1:
+        env = gym.wrappers.FrameStackObservation(env, common["frame_stack"])
+    return env

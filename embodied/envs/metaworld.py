@@ -88,6 +88,8 @@ class MetaWorldEnv(gym.Env):
         task_kwargs = {k: v for k, v in ML1_ARGS_KWARGS[task]["kwargs"].items() if k != "task_id"}
         sim._set_task_inner(**task_kwargs)
         sim._partially_observable = not goal_observable
+        # The space is a cached property computed at construction (goal hidden): recompute.
+        sim.__dict__.pop("sawyer_observation_space", None)
         self.sim = sim
         space = sim.sawyer_observation_space
         self.observation_space = gym.spaces.Box(

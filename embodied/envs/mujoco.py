@@ -38,4 +38,6 @@ def make_env(task: str, **options: Any) -> gym.Env:
         env = env_class(**{**spec.kwargs, **env_kwargs, **render_kwargs})
     except TypeError as error:  # an unknown keyword: say which env and what it accepts
         raise EnvOptionError(f"mujoco/{task}: {error}. Common options: {', '.join(COMMON_OPTIONS)}") from None
+    # Offscreen only (no display on the machines this runs on), like every other suite.
+    env.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
     return apply_options(env, common)

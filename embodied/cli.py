@@ -1,0 +1,151 @@
+"""The ``embodied`` command.
+
+    embodied envs [--suite SUITE]
+    embodied rollout ENV_ID --policy random|scripted --episodes N [--video PATH] [--seed S]
+                     [--option KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; no display on servers
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"option {text!r} must look like KEY=VALUE, e.g. obs=pixels")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def _space(space) -> str:
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Box):
+        return f"Box{tuple(space.shape)} {space.dtype}"
+    if isinstance(space, gym.spaces.Dict):
+        return "Dict(" + ", ".join(f"{k}: {_space(v)}" for k, v in space.spaces.items()) + ")"
+    return str(space)
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    import embodied
+    from embodied.envs import SUITES
+
+    suites = [args.suite] if args.suite else list(SUITES)
+    for suite in suites:
+        if suite not in SUITES:
+            raise embodied.EnvOptionError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
+    rows = []
+    for env_id in (i for s in suites for i in embodied.env_ids(s)):
+        try:
+            env = embodied.make(env_id, render_mode=None)
+            rows.append((env_id, _space(env.observation_space), _space(env.action_space)))
+            env.close()
+        except ImportError as error:  # an optional extra that is not installed
+            rows.append((env_id, f"unavailable: {error}", ""))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'id':<{width}}  {'observation':<26}  action")
+    for env_id, obs, act in rows:
+        print(f"{env_id:<{width}}  {obs:<26}  {act}")
+    print(f"\n{len(rows)} envs. Options for all: obs=state|pixels|state+pixels, image_size, camera, "
+          "distractors, frame_stack, action_repeat (see `embodied rollout --help`).")
+    return 0
+
+
+def _policy(kind: str, env, env_id: str):
+    from embodied.envs import SUITES, resolve
+    from embodied.run.rollout import random_policy
+
+    if kind == "random":
+        return random_policy(env)
+    suite = resolve(env_id).split("/", 1)[1].split("-", 1)[0]
+    module = importlib.import_module(SUITES[suite])
+    if not hasattr(module, "scripted_policy"):
+        with_scripted = [s for s, m in SUITES.items() if hasattr(importlib.import_module(m), "scripted_policy")]
+        raise ValueError(f"no scripted policy for {suite} envs; suites with one: {', '.join(with_scripted)}")
+    return module.scripted_policy(env)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import embodied
+    from embodied.run.rollout import rollout
+    from embodied.run.video import VIDEO_SUFFIXES, write_video
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.video and not args.video.lower().endswith(VIDEO_SUFFIXES):
+        raise ValueError(f"--video {args.video!r} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+    options = dict(args.option or [])
+    if args.video and "image_size" not in options and options.get("obs", "state") == "state":
+        options["image_size"] = args.video_size
+    env = embodied.make(args.env_id, **options)
+    try:
+        policy = _policy(args.policy, env, args.env_id)
+        result = rollout(
+            env, policy, args.episodes, seed=args.seed,
+            video_episodes=args.video_episodes if args.video else 0, video_every=args.video_every,
+        )  # fmt: skip
+    finally:
+        env.close()
+    summary = {"env": args.env_id, "policy": args.policy, "seed": args.seed, **result.summary()}
+    if args.video:
+        fps = env.metadata.get("render_fps", 30) / args.video_every
+        summary["video"] = str(write_video(args.video, result.frames, fps=min(fps, 30)))
+    for episode, (ret, length) in enumerate(zip(result.returns, result.lengths)):
+        extra = f"  success={result.successes[episode]}" if result.has_success else ""
+        print(f"episode {episode}: return={ret:.2f} length={length}{extra}")
+    line = f"{args.env_id} {args.policy}: return {summary['return_mean']:.2f} ± {summary['return_std']:.2f}"
+    if result.has_success:
+        line += f", success rate {summary['success_rate']:.2f}"
+    print(line + f" over {args.episodes} episodes")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embodied", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    envs = commands.add_parser("envs", help="list every env id with its spaces")
+    envs.add_argument("--suite", help="only this suite (metaworld, mujoco, robomimic, nav)")
+    envs.set_defaults(run=cmd_envs)
+
+    roll = commands.add_parser("rollout", help="run episodes with a random or scripted policy")
+    roll.add_argument("env_id", metavar="ENV_ID", help="e.g. metaworld/push-v3 (see `embodied envs`)")
+    roll.add_argument("--policy", choices=("random", "scripted"), default="random")
+    roll.add_argument("--episodes", type=int, default=5)
+    roll.add_argument("--seed", type=int, default=0)
+    roll.add_argument("--video", metavar="PATH", help="write a video (.mp4 or .gif) of the first episode(s)")
+    roll.add_argument("--video-episodes", type=int, default=1, help="episodes to film (default 1)")
+    roll.add_argument("--video-every", type=int, default=5, help="film one step in this many (default 5)")
+    roll.add_argument("--video-size", type=int, default=128, help="frame size when obs=state (default 128)")
+    roll.add_argument("--option", "-o", action="append", type=_parse_option, metavar="KEY=VALUE",
+                      help="env option, repeatable: obs=pixels, image_size=64, distractors=noisy_tv, ...")
+    roll.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+    roll.set_defaults(run=cmd_rollout)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from embodied.envs import EnvOptionError, UnknownEnvError
+
+    try:
+        return args.run(args)
+    except (UnknownEnvError, EnvOptionError, ValueError, TypeError, ImportError) as error:
+        print(f"embodied {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

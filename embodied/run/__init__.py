@@ -1,0 +1,1 @@
+"""Running agents: rollouts, evaluation, videos (the trainer loop arrives with the algorithms)."""

@@ -7,6 +7,8 @@ export MUJOCO_GL ?= egl
 .PHONY: setup demo test throughput
 
 $(BIN)/embodied: pyproject.toml
+	@# Offscreen MuJoCo rendering needs EGL (Mesa's software renderer on CPU machines).
+	@ldconfig -p | grep -q libEGL.so.1 || (apt-get update -qq && apt-get install -y -qq libegl1 libgl1-mesa-dri)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch (a plain `torch` would pull a multi-GB CUDA build).
@@ -17,7 +19,7 @@ $(BIN)/embodied: pyproject.toml
 setup: $(BIN)/embodied
 
 demo: setup
-	$(BIN)/embodied rollout metaworld/push-v3 --policy scripted --episodes 3 --seed 0 --video results/demo-push.mp4
+	$(BIN)/embodied rollout metaworld/push-v3 --policy scripted --episodes 3 --seed 0 --video runs/demo/push-v3.mp4
 
 test: setup
 	$(BIN)/python -m pytest

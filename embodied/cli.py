@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -61,18 +60,11 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _policy(kind: str, env, env_id: str):
-    from embodied.envs import SUITES, resolve
+def _policy(kind: str, env):
+    from embodied.envs import scripted_policy
     from embodied.run.rollout import random_policy
 
-    if kind == "random":
-        return random_policy(env)
-    suite = resolve(env_id).split("/", 1)[1].split("-", 1)[0]
-    module = importlib.import_module(SUITES[suite])
-    if not hasattr(module, "scripted_policy"):
-        with_scripted = [s for s, m in SUITES.items() if hasattr(importlib.import_module(m), "scripted_policy")]
-        raise ValueError(f"no scripted policy for {suite} envs; suites with one: {', '.join(with_scripted)}")
-    return module.scripted_policy(env)
+    return random_policy(env) if kind == "random" else scripted_policy(env)
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
@@ -89,7 +81,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         options["image_size"] = args.video_size
     env = embodied.make(args.env_id, **options)
     try:
-        policy = _policy(args.policy, env, args.env_id)
+        policy = _policy(args.policy, env)
         result = rollout(
             env, policy, args.episodes, seed=args.seed,
             video_episodes=args.video_episodes if args.video else 0, video_every=args.video_every,

@@ -101,6 +101,24 @@ def make(env_id: str, **options: Any) -> gym.Env:
     return gym.make(resolve(env_id), **options)
 
 
+def suite_of(env: gym.Env) -> str:
+    """The suite an env made by :func:`make` belongs to."""
+    spec_id = env.spec.id if env.spec is not None else ""
+    if not spec_id.startswith(NAMESPACE + "/"):
+        raise ValueError(f"not an embodied env: {spec_id or type(env.unwrapped).__name__}")
+    return spec_id.split("/", 1)[1].split("-", 1)[0]
+
+
+def scripted_policy(env: gym.Env):
+    """The suite's scripted expert for ``env`` (a callable obs -> action)."""
+    suite = suite_of(env)
+    module = suite_module(suite)
+    if not hasattr(module, "scripted_policy"):
+        with_scripted = [s for s in SUITES if hasattr(suite_module(s), "scripted_policy")]
+        raise ValueError(f"no scripted policy for {suite} envs; suites with one: {', '.join(with_scripted)}")
+    return module.scripted_policy(env)
+
+
 def make_vec(
     env_id: str, num_envs: int, vectorization_mode: str = "sync", **options: Any
 ) -> gym.vector.VectorEnv:
@@ -126,4 +144,6 @@ __all__ = [
     "make_vec",
     "register",
     "resolve",
+    "scripted_policy",
+    "suite_of",
 ]

@@ -155,7 +155,8 @@ GRID_OPTIONS: dict[str, Any] = {
 
 TASKS: tuple[str, ...] = POINTMAZE_TASKS + GRID_TASKS
 MAX_EPISODE_STEPS: dict[str, int] = {
-    **{task: 300 if "UMaze" in task or "Open" in task else 600 if "Medium" in task else 800 for task in POINTMAZE_TASKS},
+    # gymnasium-robotics' own limits
+    **{task: 600 if "Medium" in task else 800 if "Large" in task else 300 for task in POINTMAZE_TASKS},
     **{task: layout.max_episode_steps for task, layout in LAYOUTS.items()},
 }
 
@@ -265,7 +266,8 @@ class PointMazeEnv(gym.Env):
 
         maze = task.removeprefix("PointMaze_").removesuffix("-v3")
         if maze not in POINTMAZE_MAPS:
-            raise EnvOptionError(f"unknown PointMaze task {task!r}; closest: {', '.join(closest(task, POINTMAZE_TASKS)) or 'none'}")
+            near = ", ".join(closest(task, POINTMAZE_TASKS)) or "none"
+            raise EnvOptionError(f"unknown PointMaze task {task!r}; closest: {near}")
         if reward_type not in ("sparse", "dense"):
             raise EnvOptionError(f"reward_type must be 'sparse' or 'dense' for nav/{task}, got {reward_type!r}")
         camera = camera or "topdown"
@@ -288,10 +290,10 @@ class PointMazeEnv(gym.Env):
             # The renderer applies its camera settings when it first renders, so this
             # replaces gymnasium-robotics' slanted view: straight down, north up, far
             # enough back that the whole maze fits the narrower side of the frame.
-            model = self.sim.point_env.model
-            half_extent = 0.52 * max(self.sim.maze.map_width, self.sim.maze.map_length) * self.sim.maze.maze_size_scaling
-            half_fov = math.radians(model.vis.global_.fovy) / 2
-            distance = half_extent / math.tan(half_fov) * max(1.0, height / width) + self.sim.maze.maze_height
+            maze_grid = self.sim.maze
+            half_extent = 0.52 * max(maze_grid.map_width, maze_grid.map_length) * maze_grid.maze_size_scaling
+            half_fov = math.radians(self.sim.point_env.model.vis.global_.fovy) / 2  # vertical
+            distance = half_extent / math.tan(half_fov) * max(1.0, height / width) + maze_grid.maze_height
             self.sim.point_env.mujoco_renderer.default_cam_config = {
                 "distance": distance,
                 "elevation": -90.0,
@@ -324,7 +326,7 @@ class PointMazeEnv(gym.Env):
 def _pointmaze_policy(base: PointMazeEnv) -> Callable[[Any], np.ndarray]:
     """Through the maze's cells along a shortest path, then straight at the goal (PD)."""
     maze = base.sim.maze
-    free = np.array(maze.maze_map, dtype=object) != 1
+    free = np.array([[cell != 1 for cell in row] for row in maze.maze_map])  # cells hold 0, 1 or "r"/"g"/"c"
     cached: dict[str, Any] = {"goal": None, "distances": None}
 
     def act(_obs: Any) -> np.ndarray:
@@ -430,16 +432,18 @@ class GridNavEnv(gym.Env):
         # Pixel centres in map cells. Top-down: the whole map, square pixels, centred;
         # pixels beyond the map read the border's walls. Egocentric: (ahead, right) of
         # the agent, ahead up the frame.
-        rows = np.arange(self.image_height) + 0.5 - self.image_height / 2
-        cols = np.arange(self.image_width) + 0.5 - self.image_width / 2
-        topdown_scale = max(self.map_width / self.image_width, self.map_height / self.image_height)
-        self._topdown_x = np.broadcast_to(cols * topdown_scale + self.map_width / 2, (self.image_height, self.image_width))
-        self._topdown_y = np.broadcast_to(
-            (rows * topdown_scale + self.map_height / 2)[:, None], (self.image_height, self.image_width)
-        )
-        ego_scale = float(egocentric_cells) / min(self.image_height, self.image_width)
-        self._ego_ahead = np.broadcast_to((-rows * ego_scale)[:, None], (self.image_height, self.image_width))
-        self._ego_right = np.broadcast_to(cols * ego_scale, (self.image_height, self.image_width))
+        # float32 halves the memory traffic of the per-pixel work; cells need no more precision.
+        rows = np.arange(self.image_height, dtype=np.float32) + 0.5 - self.image_height / 2
+        cols = np.arange(self.image_width, dtype=np.float32) + 0.5 - self.image_width / 2
+        topdown_scale = np.float32(max(self.map_width / self.image_width, self.map_height / self.image_height))
+        shape = (self.image_height, self.image_width)
+        self._topdown_x = np.broadcast_to(cols * topdown_scale + self.map_width / 2, shape)
+        self._topdown_y = np.broadcast_to((rows * topdown_scale + self.map_height / 2)[:, None], shape)
+        ego_scale = np.float32(egocentric_cells / min(self.image_height, self.image_width))
+        # Farther than this from the agent, nothing shows in the egocentric view.
+        self._ego_reach = float(ego_scale) * math.hypot(self.image_height, self.image_width) / 2 + GOAL_RING[1]
+        self._ego_ahead = np.broadcast_to((-rows * ego_scale)[:, None], shape)
+        self._ego_right = np.broadcast_to(cols * ego_scale, shape)
 
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (8,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -610,20 +614,29 @@ class GridNavEnv(gym.Env):
 
     # ---- rendering -----------------------------------------------------------------
 
-    def _draw_scene(self, world_x: np.ndarray, world_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Tiles, goal marker and objects at each pixel's map position -> (frame, floor mask)."""
-        rows = np.clip(world_y.astype(np.intp), 0, self.map_height - 1)  # beyond the map: border walls
+    def _draw_scene(
+        self, world_x: np.ndarray, world_y: np.ndarray, reach: float = math.inf
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Tiles, goal marker and objects at each pixel's map position -> (frame, floor
+        mask); markers farther than ``reach`` from the agent are out of view and skipped."""
+        # Pixels beyond the map clip onto its border, which is all walls.
+        rows = np.clip(world_y.astype(np.intp), 0, self.map_height - 1)
         cols = np.clip(world_x.astype(np.intp), 0, self.map_width - 1)
-        # astype truncates toward zero, so (-1, 0) would read cell 0: it is a border wall too.
         tiles = self.tile_class[rows, cols]
         frame = self._tile_colors[tiles]
         background = tiles != WALL_TILE
-        if self.show_goal:
-            squared = (world_x - self.goal_xy[0]) ** 2 + (world_y - self.goal_xy[1]) ** 2
+        def in_view(x: float, y: float) -> bool:
+            return math.hypot(x - self.agent_x, y - self.agent_y) <= reach
+
+        goal_x, goal_y = (float(v) for v in self.goal_xy)  # a NumPy float64 would upcast the frame
+        if self.show_goal and in_view(goal_x, goal_y):
+            squared = (world_x - goal_x) ** 2 + (world_y - goal_y) ** 2
             ring = (squared >= GOAL_RING[0] ** 2) & (squared <= GOAL_RING[1] ** 2)
             frame[ring] = GOAL_COLOR
             background &= ~ring
         for obj in self.objects:
+            if not in_view(obj.x, obj.y):
+                continue
             dx, dy = np.abs(world_x - obj.x), np.abs(world_y - obj.y)
             if obj.shape == "ball":
                 hit = dx * dx + dy * dy <= OBJECT_SIZE**2
@@ -656,11 +669,11 @@ class GridNavEnv(gym.Env):
                 self._topdown_scene = self._draw_scene(world_x, world_y)
             frame, background = (array.copy() for array in self._topdown_scene)
         else:
-            cos, sin = math.cos(self.heading), math.sin(self.heading)
+            cos, sin = np.float32(math.cos(self.heading)), np.float32(math.sin(self.heading))
             # Facing (cos, sin) with y down the map, the agent's right is (-sin, cos).
             world_x = self.agent_x + self._ego_ahead * cos - self._ego_right * sin
             world_y = self.agent_y + self._ego_ahead * sin + self._ego_right * cos
-            frame, background = self._draw_scene(world_x, world_y)
+            frame, background = self._draw_scene(world_x, world_y, reach=self._ego_reach)
         self._draw_agent(frame, background, world_x, world_y)
         self._last_background = background
         return frame
@@ -707,8 +720,6 @@ def make_env(task: str, **options: Any) -> gym.Env:
         raise EnvOptionError(f"unknown nav task {task!r}; closest: {', '.join(closest(task, TASKS)) or 'none'}")
     is_pointmaze = task in POINTMAZE_TASKS
     common, specific = split_options("nav", options, POINTMAZE_OPTIONS if is_pointmaze else GRID_OPTIONS)
-    if common["obs"] != "state" and common["render_mode"] is None:
-        raise EnvOptionError(f"obs={common['obs']!r} needs frames: leave render_mode as 'rgb_array', not None")
     env_class = PointMazeEnv if is_pointmaze else GridNavEnv
     env = env_class(
         task,

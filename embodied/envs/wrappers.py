@@ -93,6 +93,8 @@ def _check_common(common: dict[str, Any]) -> None:
         raise EnvOptionError(
             f"render_mode must be 'rgb_array' or None (these envs render offscreen), got {common['render_mode']!r}"
         )
+    if common["obs"] != "state" and common["render_mode"] is None:
+        raise EnvOptionError(f"obs={common['obs']!r} needs frames: leave render_mode as 'rgb_array', not None")
     if common["distractors"] and common["obs"] == "state":
         raise EnvOptionError(
             "distractors change what the agent sees, so they need pixel observations: "

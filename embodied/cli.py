@@ -3,6 +3,10 @@
     embodied envs [--suite SUITE]
     embodied rollout ENV_ID --policy random|scripted --episodes N [--video PATH] [--seed S]
                      [--option KEY=VALUE ...]
+    embodied collect ENV_ID (--quality expert|medium|random|mixed | --policy scripted|random
+                     --noise SIGMA) --episodes N --name NAME [--workers K] [--seed S]
+    embodied dataset list | info NAME | import FORMAT SOURCE --name NAME
+                     | export NAME FORMAT PATH | strip-actions NAME --fraction F --name NEW
 """
 
 from __future__ import annotations
@@ -104,6 +108,67 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(args: argparse.Namespace) -> int:
+    from embodied.data.collect import collect
+    from embodied.data.episodes import dataset_info
+
+    path = collect(
+        args.env_id, args.episodes, name=args.name, policy=args.policy, noise=args.noise,
+        quality=args.quality, seed=args.seed, workers=args.workers,
+        env_options=dict(args.option or []), overwrite=args.overwrite,
+    )  # fmt: skip
+    info = dataset_info(args.name)
+    print(f"wrote {info['id']} at {path}")
+    _print_info(info)
+    return 0
+
+
+def _print_info(info: dict) -> None:
+    for key, value in info.items():
+        print(f"  {key}: {value}")
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from embodied.data import episodes as store
+
+    if args.action == "list":
+        found = store.list_datasets()
+        for dataset_id, metadata in found.items():
+            print(f"{dataset_id}  episodes={metadata.get('total_episodes')} steps={metadata.get('total_steps')}")
+        print(f"{len(found)} datasets under {store.datasets_root()}")
+    elif args.action == "info":
+        _print_info(store.dataset_info(args.name))
+    elif args.action == "import":
+        from embodied.data import hdf5io
+
+        if args.format == "minari":
+            path = store.import_minari(args.source, name=args.name, overwrite=args.overwrite)
+        else:
+            importer = {"robomimic": hdf5io.import_robomimic, "d4rl": hdf5io.import_d4rl}[args.format]
+            path = importer(args.source, name=args.name, env=args.env, overwrite=args.overwrite)
+        print(f"imported {args.source} as {store.dataset_id(args.name)} at {path}")
+    elif args.action == "export":
+        from embodied.data import hdf5io
+
+        if args.format == "minari":
+            path = store.export_minari(args.name, args.path)
+        else:
+            exporter = {"robomimic": hdf5io.export_robomimic, "d4rl": hdf5io.export_d4rl}[args.format]
+            path = exporter(args.name, args.path)
+        print(f"exported {store.dataset_id(args.name)} to {path}")
+    elif args.action == "strip-actions":
+        source = store.read_episodes(args.name)
+        stripped = store.strip_actions(list(source), args.fraction, seed=args.seed)
+        spaces = store.dataset_spaces(args.name)
+        path = store.write_dataset(
+            args.new_name, stripped, **spaces, algorithm_name="strip-actions",
+            description=f"{store.dataset_id(args.name)} with {args.fraction:.0%} of episodes action-free",
+            overwrite=args.overwrite,
+        )  # fmt: skip
+        print(f"wrote {store.dataset_id(args.new_name)} at {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embodied", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -125,16 +190,54 @@ def build_parser() -> argparse.ArgumentParser:
                       help="env option, repeatable: obs=pixels, image_size=64, distractors=noisy_tv, ...")
     roll.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     roll.set_defaults(run=cmd_rollout)
+
+    col = commands.add_parser("collect", help="collect a dataset with a scripted, noisy or random policy")
+    col.add_argument("env_id", metavar="ENV_ID")
+    col.add_argument("--quality", choices=("expert", "medium", "random", "mixed"),
+                     help="a ready-made level (Meta-World); overrides --policy/--noise")
+    col.add_argument("--policy", default="scripted", help="scripted or random")
+    col.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise sigma")
+    col.add_argument("--episodes", type=int, required=True)
+    col.add_argument("--name", required=True, help="dataset name, e.g. metaworld-push-medium")
+    col.add_argument("--workers", type=int, default=1)
+    col.add_argument("--seed", type=int, default=0)
+    col.add_argument("--option", "-o", action="append", type=_parse_option, metavar="KEY=VALUE")
+    col.add_argument("--overwrite", action="store_true")
+    col.set_defaults(run=cmd_collect)
+
+    data = commands.add_parser("dataset", help="list, inspect, import, export datasets")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="local datasets")
+    info = actions.add_parser("info", help="summary of one dataset")
+    info.add_argument("name")
+    imp = actions.add_parser("import", help="import robomimic / D4RL HDF5 or a Minari dataset")
+    imp.add_argument("format", choices=("robomimic", "d4rl", "minari"))
+    imp.add_argument("source", help="HDF5 file, or a Minari dataset id or directory")
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--env", help="env id the data comes from (records spaces and spec)")
+    imp.add_argument("--overwrite", action="store_true")
+    exp = actions.add_parser("export", help="export to robomimic / D4RL HDF5 or a Minari directory")
+    exp.add_argument("name")
+    exp.add_argument("format", choices=("robomimic", "d4rl", "minari"))
+    exp.add_argument("path")
+    strip = actions.add_parser("strip-actions", help="copy a dataset with a fraction of episodes action-free")
+    strip.add_argument("name")
+    strip.add_argument("--fraction", type=float, required=True)
+    strip.add_argument("--name-out", dest="new_name", required=True)
+    strip.add_argument("--seed", type=int, default=0)
+    strip.add_argument("--overwrite", action="store_true")
+    data.set_defaults(run=cmd_dataset)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from embodied.data.episodes import DatasetError
     from embodied.envs import EnvOptionError, UnknownEnvError
 
     try:
         return args.run(args)
-    except (UnknownEnvError, EnvOptionError, ValueError, TypeError, ImportError) as error:
+    except (UnknownEnvError, EnvOptionError, DatasetError, ValueError, TypeError, ImportError) as error:
         print(f"embodied {args.command}: error: {error}", file=sys.stderr)
         return 2
 

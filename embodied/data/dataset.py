@@ -1,0 +1,235 @@
+"""The training view of a dataset: flat arrays, moved to the device once, sampled in batches.
+
+Layout: the episodes' observations are concatenated, T+1 rows per episode, and every
+per-step array (actions, rewards, terminals, timeouts) is stored at the row of the
+observation it follows from, with one padding row at each episode's last observation.
+So a transition at row ``i`` has next observation ``i + 1`` and no observation is stored
+twice: memory is about the raw arrays' size, not twice it as with separate
+``next_observations``.
+
+Samplers draw indices with ``torch.randint`` on the dataset's device and gather whole
+batches with tensor indexing: no Python loop per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from embodied.data.episodes import DatasetError, Episode, Observation, read_episodes
+
+
+def _concat(parts: list[Observation]) -> Observation:
+    if isinstance(parts[0], Mapping):
+        return {key: _concat([p[key] for p in parts]) for key in parts[0]}
+    return np.concatenate(parts, axis=0)
+
+
+def _take(tree, index):
+    if isinstance(tree, Mapping):
+        return {key: _take(value, index) for key, value in tree.items()}
+    return tree[index]
+
+
+def _to_torch(tree, device):
+    if isinstance(tree, Mapping):
+        return {key: _to_torch(value, device) for key, value in tree.items()}
+    array = np.ascontiguousarray(tree)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)  # float32 is what the networks take
+    return torch.from_numpy(array).to(device)
+
+
+def _nbytes(tree) -> int:
+    if isinstance(tree, Mapping):
+        return sum(_nbytes(v) for v in tree.values())
+    return tree.element_size() * tree.nelement() if isinstance(tree, torch.Tensor) else tree.nbytes
+
+
+@dataclass
+class Batch:
+    """A batch of transitions (tensors on the dataset's device)."""
+
+    observations: torch.Tensor | dict
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor | dict
+    terminals: torch.Tensor  # 1.0 where the episode terminated (not merely truncated)
+    discounts: torch.Tensor | None = None  # gamma**k of the bootstrap, for n-step batches
+
+
+class Dataset:
+    """Episodes as flat tensors on one device, with transition, n-step and segment samplers."""
+
+    def __init__(self, episodes: Iterable[Episode], device: str | torch.device = "cpu", name: str = ""):
+        episodes = list(episodes)
+        if not episodes:
+            raise DatasetError(f"{name or 'dataset'}: no episodes")
+        self.name = name
+        self.device = torch.device(resolve_device(device))
+        lengths = np.array([len(e) for e in episodes])
+        self.num_episodes = len(episodes)
+        self.num_transitions = int(lengths.sum())
+        rows = lengths + 1
+        starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
+        ends = starts + lengths  # row of each episode's last observation
+        action_shape = next((e.actions.shape[1:] for e in episodes if e.has_actions), None)
+        if action_shape is None:
+            raise DatasetError(f"{name or 'dataset'}: no episode has actions")
+
+        def per_step(values: list[np.ndarray], dtype) -> np.ndarray:
+            out = np.zeros((int(rows.sum()), *values[0].shape[1:]), dtype=dtype)
+            for start, value in zip(starts, values):
+                out[start : start + len(value)] = value
+            return out
+
+        actions = [
+            e.actions if e.has_actions else np.full((len(e), *action_shape), np.nan, np.float32) for e in episodes
+        ]
+        has_action_rows = per_step([np.full(len(e), e.has_actions) for e in episodes], bool)
+        self.observations = _to_torch(_concat([e.observations for e in episodes]), self.device)
+        self.actions = _to_torch(per_step(actions, np.float32), self.device)
+        self.rewards = _to_torch(per_step([e.rewards for e in episodes], np.float32), self.device)
+        self.terminals = _to_torch(per_step([e.terminations for e in episodes], np.float32), self.device)
+        self.timeouts = _to_torch(per_step([e.truncations for e in episodes], np.float32), self.device)
+        episode_of_row = np.repeat(np.arange(self.num_episodes), rows)
+        self.episode_starts = torch.as_tensor(starts, device=self.device)
+        self.episode_ends = torch.as_tensor(ends, device=self.device)
+        self._end_of_row = torch.as_tensor(ends[episode_of_row], device=self.device)
+        is_step = np.ones(int(rows.sum()), bool)
+        is_step[ends] = False
+        self.has_actions = torch.as_tensor(has_action_rows & is_step, device=self.device)
+        self._all_steps = torch.as_tensor(np.flatnonzero(is_step), device=self.device)
+        self._acted_steps = torch.as_tensor(np.flatnonzero(is_step & has_action_rows), device=self.device)
+        self.episode_metadata = [e.metadata for e in episodes]
+        self.episode_lengths = lengths
+        self._segment_starts: dict[tuple[int, bool], torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, name: str, device: str | torch.device = "cpu") -> "Dataset":
+        return cls(read_episodes(name), device=device, name=name)
+
+    # --- facts -------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the dataset's arrays (on its device)."""
+        arrays = [self.observations, self.actions, self.rewards, self.terminals, self.timeouts]
+        index = [self.episode_starts, self.episode_ends, self._end_of_row, self.has_actions, self._all_steps]
+        return sum(_nbytes(a) for a in arrays + index + [self._acted_steps])
+
+    @property
+    def action_free_fraction(self) -> float:
+        return 1.0 - len(self._acted_steps) / max(1, len(self._all_steps))
+
+    def episode_returns(self) -> np.ndarray:
+        rewards = self.rewards.cpu().numpy()
+        return np.array([rewards[s:e].sum() for s, e in zip(self.episode_starts.tolist(), self.episode_ends.tolist())])
+
+    # --- samplers ------------------------------------------------------------------------
+    def _steps(self, require_actions: bool) -> torch.Tensor:
+        steps = self._acted_steps if require_actions else self._all_steps
+        if len(steps) == 0:
+            raise DatasetError(f"{self.name or 'dataset'}: no transitions with actions to sample")
+        return steps
+
+    def sample_rows(self, batch_size: int, generator: torch.Generator | None = None, require_actions: bool = True):
+        steps = self._steps(require_actions)
+        pick = torch.randint(len(steps), (batch_size,), device=self.device, generator=generator)
+        return steps[pick]
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None, require_actions: bool = True
+    ) -> Batch:
+        """Uniform one-step transitions ``(s, a, r, s', terminal)``."""
+        rows = self.sample_rows(batch_size, generator, require_actions)
+        return Batch(
+            observations=_take(self.observations, rows),
+            actions=self.actions[rows],
+            rewards=self.rewards[rows],
+            next_observations=_take(self.observations, rows + 1),
+            terminals=self.terminals[rows],
+        )
+
+    def sample_nstep(
+        self,
+        batch_size: int,
+        n: int,
+        gamma: float,
+        generator: torch.Generator | None = None,
+        require_actions: bool = True,
+    ) -> Batch:
+        """n-step transitions: ``rewards`` is the discounted sum over up to ``n`` steps (cut at
+        the episode's end), ``next_observations`` the bootstrap state and ``discounts`` its
+        ``gamma**k``; ``terminals`` is 1 if the episode terminated within those steps."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        rows = self.sample_rows(batch_size, generator, require_actions)
+        offsets = torch.arange(n, device=self.device)
+        steps_left = self._end_of_row[rows] - rows  # transitions left in the episode from each row
+        within = offsets[None, :] < steps_left[:, None]
+        lookup = torch.minimum(rows[:, None] + offsets[None, :], self._end_of_row[rows][:, None])
+        terminal_seen = torch.cumsum(self.terminals[lookup] * within, dim=1)
+        # A reward counts if it comes at or before the first terminal: shift the cumulative count right.
+        alive = torch.cat([torch.ones_like(terminal_seen[:, :1]), (terminal_seen[:, :-1] == 0).float()], dim=1)
+        weights = within.float() * alive * gamma ** offsets.float()[None, :]
+        taken = (within.float() * alive).sum(dim=1).long()
+        return Batch(
+            observations=_take(self.observations, rows),
+            actions=self.actions[rows],
+            rewards=(self.rewards[lookup] * weights).sum(dim=1),
+            next_observations=_take(self.observations, rows + taken),
+            terminals=(terminal_seen[:, -1] > 0).float(),
+            discounts=gamma ** taken.float(),
+        )
+
+    def segment_starts(self, length: int, require_actions: bool = True) -> torch.Tensor:
+        """Rows where a segment of ``length`` transitions fits inside one episode."""
+        key = (length, require_actions)
+        if key not in self._segment_starts:
+            steps = self._steps(require_actions)
+            fits = self._end_of_row[steps] - steps >= length
+            if require_actions:  # every step of the segment must have an action
+                acted = self.has_actions.long()
+                cumulative = torch.cat([torch.zeros(1, device=self.device, dtype=torch.long), acted.cumsum(0)])
+                stop = torch.clamp(steps + length, max=len(cumulative) - 1)  # clamped ones don't fit anyway
+                fits &= cumulative[stop] - cumulative[steps] == length
+            starts = steps[fits]
+            if len(starts) == 0:
+                raise DatasetError(
+                    f"{self.name or 'dataset'}: no episode has {length} consecutive steps"
+                    f"{' with actions' if require_actions else ''} (longest: {self.episode_lengths.max()})"
+                )
+            self._segment_starts[key] = starts
+        return self._segment_starts[key]
+
+    def sample_segments(
+        self, batch_size: int, length: int, generator: torch.Generator | None = None, require_actions: bool = True
+    ) -> dict:
+        """Fixed-length segments: observations (B, L+1, ...), actions/rewards/terminals/timeouts (B, L)."""
+        starts = self.segment_starts(length, require_actions)
+        pick = torch.randint(len(starts), (batch_size,), device=self.device, generator=generator)
+        rows = starts[pick][:, None] + torch.arange(length + 1, device=self.device)[None, :]
+        steps = rows[:, :-1]
+        return {
+            "observations": _take(self.observations, rows),
+            "actions": self.actions[steps],
+            "rewards": self.rewards[steps],
+            "terminals": self.terminals[steps],
+            "timeouts": self.timeouts[steps],
+            "rows": starts[pick],
+        }
+
+
+def resolve_device(device: str | torch.device) -> str:
+    """``"auto"`` picks CUDA when present."""
+    if str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def load_dataset(name: str, device: str | torch.device = "cpu") -> Dataset:
+    """Load a local dataset for training, moved to ``device`` once."""
+    return Dataset.load(name, device=device)

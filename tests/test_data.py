@@ -257,3 +257,20 @@ def test_cli_collect_info_list_strip(capsys):
 def test_cli_data_errors(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_image_datasets_are_uint8_on_disk_and_load_lazily():
+    collect("nav/open-v0", 3, name="nav-pixels", policy="random", progress=False,
+            env_options={"obs": "state+pixels", "image_size": 16, "max_episode_steps": 12})  # fmt: skip
+    path = store.dataset_path("nav-pixels") / "data" / "main_data.hdf5"
+    with h5py.File(path, "r") as file:
+        assert file["episode_0/observations/pixels"].dtype == np.uint8
+    eager = load_dataset("nav-pixels")
+    lazy = load_dataset("nav-pixels", lazy_images=True)
+    assert lazy.nbytes < eager.nbytes / 2  # the frames stayed on disk
+    generator = torch.Generator().manual_seed(0)
+    a = eager.sample_segments(8, 5, generator=generator)
+    b = lazy.sample_segments(8, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a["observations"]["pixels"], b["observations"]["pixels"])
+    assert b["observations"]["pixels"].shape == (8, 6, 16, 16, 3)
+    assert torch.equal(lazy.observations["pixels"].materialize(), eager.observations["pixels"])

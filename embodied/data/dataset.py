@@ -19,12 +19,55 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from embodied.data.episodes import DatasetError, Episode, Observation, read_episodes
+from embodied.data.episodes import DatasetError, Episode, Observation, StoredArray, read_episodes
 
 
-def _concat(parts: list[Observation]) -> Observation:
+class LazyImages:
+    """Image observations of many episodes left on disk; a batch of rows is read on demand.
+
+    Rows are grouped by episode and each episode's frames are read with one sorted HDF5
+    selection, so a batch costs one read per episode it touches, not one per frame.
+    """
+
+    def __init__(self, parts: list[StoredArray], device: torch.device):
+        self.parts = parts
+        self.device = device
+        self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+        self.shape = (int(self.offsets[-1]), *parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        import h5py
+
+        flat = rows.reshape(-1).cpu().numpy()
+        out = np.empty((len(flat), *self.shape[1:]), dtype=self.dtype)
+        episode_of = np.searchsorted(self.offsets, flat, side="right") - 1
+        files: dict[str, h5py.File] = {}
+        try:
+            for episode in np.unique(episode_of):
+                where = np.flatnonzero(episode_of == episode)
+                local = flat[where] - self.offsets[episode]
+                unique, inverse = np.unique(local, return_inverse=True)  # h5py wants sorted, unique rows
+                part = self.parts[episode]
+                file = files.get(part.file_path) or files.setdefault(part.file_path, h5py.File(part.file_path, "r"))
+                out[where] = file[part.key][unique][inverse]
+        finally:
+            for file in files.values():
+                file.close()
+        return torch.from_numpy(out).to(self.device).reshape(*rows.shape, *self.shape[1:])
+
+    def materialize(self) -> torch.Tensor:
+        return self[torch.arange(len(self))]
+
+
+def _concat(parts: list[Observation], device: torch.device) -> Observation:
     if isinstance(parts[0], Mapping):
-        return {key: _concat([p[key] for p in parts]) for key in parts[0]}
+        return {key: _concat([p[key] for p in parts], device) for key in parts[0]}
+    if isinstance(parts[0], StoredArray):
+        return LazyImages(parts, device)
     return np.concatenate(parts, axis=0)
 
 
@@ -37,6 +80,8 @@ def _take(tree, index):
 def _to_torch(tree, device):
     if isinstance(tree, Mapping):
         return {key: _to_torch(value, device) for key, value in tree.items()}
+    if isinstance(tree, LazyImages):
+        return tree
     array = np.ascontiguousarray(tree)
     if array.dtype == np.float64:
         array = array.astype(np.float32)  # float32 is what the networks take
@@ -46,6 +91,8 @@ def _to_torch(tree, device):
 def _nbytes(tree) -> int:
     if isinstance(tree, Mapping):
         return sum(_nbytes(v) for v in tree.values())
+    if isinstance(tree, LazyImages):
+        return 0  # on disk
     return tree.element_size() * tree.nelement() if isinstance(tree, torch.Tensor) else tree.nbytes
 
 
@@ -90,7 +137,7 @@ class Dataset:
             e.actions if e.has_actions else np.full((len(e), *action_shape), np.nan, np.float32) for e in episodes
         ]
         has_action_rows = per_step([np.full(len(e), e.has_actions) for e in episodes], bool)
-        self.observations = _to_torch(_concat([e.observations for e in episodes]), self.device)
+        self.observations = _to_torch(_concat([e.observations for e in episodes], self.device), self.device)
         self.actions = _to_torch(per_step(actions, np.float32), self.device)
         self.rewards = _to_torch(per_step([e.rewards for e in episodes], np.float32), self.device)
         self.terminals = _to_torch(per_step([e.terminations for e in episodes], np.float32), self.device)
@@ -109,8 +156,8 @@ class Dataset:
         self._segment_starts: dict[tuple[int, bool], torch.Tensor] = {}
 
     @classmethod
-    def load(cls, name: str, device: str | torch.device = "cpu") -> "Dataset":
-        return cls(read_episodes(name), device=device, name=name)
+    def load(cls, name: str, device: str | torch.device = "cpu", lazy_images: bool = False) -> "Dataset":
+        return cls(read_episodes(name, lazy_images=lazy_images), device=device, name=name)
 
     # --- facts -------------------------------------------------------------------------
     @property
@@ -230,6 +277,9 @@ def resolve_device(device: str | torch.device) -> str:
     return str(device)
 
 
-def load_dataset(name: str, device: str | torch.device = "cpu") -> Dataset:
-    """Load a local dataset for training, moved to ``device`` once."""
-    return Dataset.load(name, device=device)
+def load_dataset(name: str, device: str | torch.device = "cpu", lazy_images: bool = False) -> Dataset:
+    """Load a local dataset for training, moved to ``device`` once.
+
+    ``lazy_images`` leaves image observations on disk and reads each batch's frames
+    when it is sampled (for image datasets larger than memory)."""
+    return Dataset.load(name, device=device, lazy_images=lazy_images)

@@ -245,8 +245,12 @@ def _to_buffer(episode: Episode, index: int, action_space: gym.Space):
     )
 
 
-def read_episodes(name: str, indices: Iterable[int] | None = None) -> Iterator[Episode]:
-    """Read episodes of a local dataset eagerly (the training view is :func:`load_dataset`)."""
+def read_episodes(name: str, indices: Iterable[int] | None = None, lazy_images: bool = False) -> Iterator[Episode]:
+    """Read episodes of a local dataset (the training view is :func:`load_dataset`).
+
+    With ``lazy_images``, image observations (uint8, 3 or more dimensions) are
+    :class:`StoredArray` references read from disk only when indexed.
+    """
     import h5py
 
     path = _existing(name)
@@ -258,10 +262,10 @@ def read_episodes(name: str, indices: Iterable[int] | None = None) -> Iterator[E
     with file:
         count = len(file.keys())
         for index in range(count) if indices is None else indices:
-            yield read_episode(file, index, where=f"{file_path}")
+            yield read_episode(file, index, where=f"{file_path}", lazy_images=lazy_images)
 
 
-def read_episode(file, index: int, where: str) -> Episode:
+def read_episode(file, index: int, where: str, lazy_images: bool = False) -> Episode:
     """One episode from an open Minari HDF5 file, with errors naming file, episode and key."""
     key = f"episode_{index}"
     if key not in file:
@@ -277,7 +281,7 @@ def read_episode(file, index: int, where: str) -> Episode:
         actions = group["actions"][()] if has_actions else None
         infos = {k: v[()] for k, v in group["infos"].items() if hasattr(v, "shape")} if "infos" in group else {}
         return Episode(
-            observations=_read_tree(group["observations"]),
+            observations=_read_tree(group["observations"], lazy_images),
             actions=actions,
             rewards=group["rewards"][()],
             terminations=group["terminations"][()],
@@ -291,10 +295,35 @@ def read_episode(file, index: int, where: str) -> Episode:
         raise DatasetError(f"{where}: {key}: cannot read data: {error}") from None
 
 
-def _read_tree(node) -> Observation:
+def _read_tree(node, lazy_images: bool = False) -> Observation:
     if hasattr(node, "keys"):
-        return {key: _read_tree(node[key]) for key in node.keys()}
+        return {key: _read_tree(node[key], lazy_images) for key in node.keys()}
+    if lazy_images and node.dtype == np.uint8 and node.ndim >= 3:
+        return StoredArray(node.file.filename, node.name, node.shape, node.dtype)
     return node[()]
+
+
+@dataclass(frozen=True)
+class StoredArray:
+    """An array left on disk in an HDF5 file (image observations), read when indexed."""
+
+    file_path: str
+    key: str
+    shape: tuple
+    dtype: np.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        import h5py
+
+        with h5py.File(self.file_path, "r") as file:
+            return file[self.key][index]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self[()]
+        return array if dtype is None else array.astype(dtype)
 
 
 def _existing(name: str) -> Path:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export MUJOCO_GL ?= egl
 
-.PHONY: setup demo test throughput
+.PHONY: setup setup-robomimic demo test throughput
 
 $(BIN)/embodied: pyproject.toml
 	@# Offscreen MuJoCo rendering needs EGL (Mesa's software renderer on CPU machines).
@@ -18,11 +18,21 @@ $(BIN)/embodied: pyproject.toml
 
 setup: $(BIN)/embodied
 
+# robomimic tasks: robosuite 1.5.2 without its declared mink/qpsolvers (whole-body IK
+# only; mink pins numpy<2). Its real runtime needs are the `robomimic` extra.
+$(VENV)/.robomimic: $(BIN)/embodied
+	$(BIN)/pip install -q -e ".[dev,robomimic]"
+	$(BIN)/pip install -q --no-deps robosuite==1.5.2
+	touch $@
+
+setup-robomimic: $(VENV)/.robomimic
+
 demo: setup
 	$(BIN)/embodied rollout metaworld/push-v3 --policy scripted --episodes 3 --seed 0 --video runs/demo/push-v3.mp4
 
-test: setup
+# The tests cover the robomimic suite too, so they install its extra.
+test: setup-robomimic
 	$(BIN)/python -m pytest
 
 throughput: setup
-	$(BIN)/python -m embodied.bench.env_throughput --out results/env_throughput.md
+	$(BIN)/python -m embodied.bench.env_throughput --rounds 20 --out results/env_throughput.md

@@ -28,7 +28,8 @@ class PatternEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         rows, cols = np.mgrid[0:size, 0:size]
-        self.background = np.stack([rows * 255 // size, cols * 255 // size, np.full_like(rows, 90)], -1).astype(np.uint8)
+        gradient = [rows * 255 // size, cols * 255 // size, np.full_like(rows, 90)]
+        self.background = np.stack(gradient, axis=-1).astype(np.uint8)
         self.agent_color = np.array([200, 200, 200], np.uint8)
         self.position = np.zeros(2, np.float32)
         self._mask = np.ones((size, size), bool)
@@ -183,6 +184,9 @@ def test_render_shows_the_agents_view_and_disabling_passes_frames_through() -> N
     np.testing.assert_array_equal(distracted.render(), frame)
     find_distractors(distracted).enabled = False
     np.testing.assert_array_equal(rollout(distracted, seed=0)[-1], rollout(clean, seed=0)[-1])
+    find_distractors(distracted).enabled = True  # mid-episode: distracted again from the next frame
+    action = np.zeros(2, np.float32)
+    assert not np.array_equal(distracted.step(action)[0], clean.step(action)[0])
 
 
 def test_colors_use_the_envs_recolor_protocol() -> None:
@@ -224,16 +228,17 @@ def test_distractors_need_pixel_observations() -> None:
 
 
 def test_metaworld_noisy_tv() -> None:
-    env = embodied.make("metaworld/push-v3", obs="pixels", image_size=16, distractors="noisy_tv")
+    envs = [embodied.make("metaworld/push-v3", obs="pixels", image_size=16, distractors="noisy_tv") for _ in range(2)]
     try:
-        frames = rollout(env, seed=0, steps=1)
-        assert all(env.observation_space.contains(frame) for frame in frames)
-        assert same_frames(rollout(env, seed=0, steps=1), frames)
-        assert not np.array_equal(rollout(env, seed=1, steps=0)[0], frames[0])
-        env.set_wrapper_attr("enabled", False)
-        assert not np.array_equal(rollout(env, seed=0, steps=0)[0], frames[0])
+        frames = rollout(envs[0], seed=0, steps=1)
+        assert all(envs[0].observation_space.contains(frame) for frame in frames)
+        assert same_frames(rollout(envs[1], seed=0, steps=1), frames)
+        assert not np.array_equal(rollout(envs[1], seed=1, steps=0)[0], frames[0])
+        envs[0].set_wrapper_attr("enabled", False)
+        assert not np.array_equal(rollout(envs[0], seed=0, steps=0)[0], frames[0])
     finally:
-        env.close()
+        for env in envs:
+            env.close()
 
 
 def test_metaworld_colors_recolor_the_model_and_restore_it() -> None:
@@ -251,7 +256,7 @@ def test_metaworld_colors_recolor_the_model_and_restore_it() -> None:
         np.testing.assert_array_equal(model.geom_rgba, original_rgba)
         assert not np.array_equal(rollout(env, seed=0, steps=0)[0], first)
         env.set_wrapper_attr("enabled", True)
-        rollout(env, seed=0, steps=0)
+        rollout(env, seed=0, steps=0)  # recoloured again; close() must restore
     finally:
         env.close()
     np.testing.assert_array_equal(model.geom_rgba, original_rgba)

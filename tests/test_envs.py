@@ -194,3 +194,13 @@ def test_vector_env_bad_arguments():
         embodied.make_vec("metaworld/push-v3", 2, vectorization_mode="threads")
     with pytest.raises(EnvOptionError, match="num_envs"):
         embodied.make_vec("metaworld/push-v3", 0)
+
+
+def test_async_vector_env_after_the_parent_rendered():
+    # A forked worker inherits the parent's EGL state and hangs; ours are spawned.
+    parent = embodied.make("mujoco/Hopper-v5", obs="pixels", image_size=16)
+    parent.reset(seed=0)
+    envs = embodied.make_vec("mujoco/Hopper-v5", num_envs=2, vectorization_mode="async", obs="pixels", image_size=16)
+    obs, _ = envs.reset(seed=0)
+    assert obs.shape == (2, 16, 16, 3)
+    envs.close(), parent.close()

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from embodied.data.episodes import DatasetError, Episode, Observation, StoredArray, read_episodes
+from embodied.data.episodes import DatasetError, Episode, Observation, StoredArray
 
 
 class LazyImages:
@@ -63,12 +63,32 @@ class LazyImages:
         return self[torch.arange(len(self))]
 
 
-def _concat(parts: list[Observation], device: torch.device) -> Observation:
-    if isinstance(parts[0], Mapping):
-        return {key: _concat([p[key] for p in parts], device) for key in parts[0]}
-    if isinstance(parts[0], StoredArray):
-        return LazyImages(parts, device)
-    return np.concatenate(parts, axis=0)
+def _leaves_by_path(tree, prefix: str = ""):
+    """(path, array) for every leaf of an observation; a flat array's path is ""."""
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            yield from _leaves_by_path(value, f"{prefix}/{key}" if prefix else key)
+    else:
+        yield prefix, tree
+
+
+def _leaf_specs(tree) -> dict[str, tuple[tuple, np.dtype, bool]]:
+    """Per leaf: (shape of one row, dtype, left on disk?)."""
+    return {
+        path: (tuple(value.shape[1:]), np.dtype(value.dtype), isinstance(value, StoredArray))
+        for path, value in _leaves_by_path(tree)
+    }
+
+
+def _unflatten(flat: dict[str, object]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return tree
 
 
 def _take(tree, index):
@@ -85,7 +105,7 @@ def _to_torch(tree, device):
     array = np.ascontiguousarray(tree)
     if array.dtype == np.float64:
         array = array.astype(np.float32)  # float32 is what the networks take
-    return torch.from_numpy(array).to(device)
+    return torch.from_numpy(array).to(device)  # shares memory on CPU: no copy
 
 
 def _nbytes(tree) -> int:
@@ -115,49 +135,98 @@ class Dataset:
         episodes = list(episodes)
         if not episodes:
             raise DatasetError(f"{name or 'dataset'}: no episodes")
-        self.name = name
-        self.device = torch.device(resolve_device(device))
-        lengths = np.array([len(e) for e in episodes])
-        self.num_episodes = len(episodes)
-        self.num_transitions = int(lengths.sum())
-        rows = lengths + 1
-        starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
-        ends = starts + lengths  # row of each episode's last observation
-        action_shape = next((e.actions.shape[1:] for e in episodes if e.has_actions), None)
-        if action_shape is None:
-            raise DatasetError(f"{name or 'dataset'}: no episode has actions")
-
-        def per_step(values: list[np.ndarray], dtype) -> np.ndarray:
-            out = np.zeros((int(rows.sum()), *values[0].shape[1:]), dtype=dtype)
-            for start, value in zip(starts, values):
-                out[start : start + len(value)] = value
-            return out
-
-        actions = [
-            e.actions if e.has_actions else np.full((len(e), *action_shape), np.nan, np.float32) for e in episodes
-        ]
-        has_action_rows = per_step([np.full(len(e), e.has_actions) for e in episodes], bool)
-        self.observations = _to_torch(_concat([e.observations for e in episodes], self.device), self.device)
-        self.actions = _to_torch(per_step(actions, np.float32), self.device)
-        self.rewards = _to_torch(per_step([e.rewards for e in episodes], np.float32), self.device)
-        self.terminals = _to_torch(per_step([e.terminations for e in episodes], np.float32), self.device)
-        self.timeouts = _to_torch(per_step([e.truncations for e in episodes], np.float32), self.device)
-        episode_of_row = np.repeat(np.arange(self.num_episodes), rows)
-        self.episode_starts = torch.as_tensor(starts, device=self.device)
-        self.episode_ends = torch.as_tensor(ends, device=self.device)
-        self._end_of_row = torch.as_tensor(ends[episode_of_row], device=self.device)
-        is_step = np.ones(int(rows.sum()), bool)
-        is_step[ends] = False
-        self.has_actions = torch.as_tensor(has_action_rows & is_step, device=self.device)
-        self._all_steps = torch.as_tensor(np.flatnonzero(is_step), device=self.device)
-        self._acted_steps = torch.as_tensor(np.flatnonzero(is_step & has_action_rows), device=self.device)
-        self.episode_metadata = [e.metadata for e in episodes]
-        self.episode_lengths = lengths
-        self._segment_starts: dict[tuple[int, bool], torch.Tensor] = {}
+        self._build(
+            name, device,
+            lengths=np.array([len(e) for e in episodes]),
+            has_actions=np.array([e.has_actions for e in episodes]),
+            observation_leaves=_leaf_specs(episodes[0].observations),
+            action_shape=next((e.actions.shape[1:] for e in episodes if e.has_actions), None),
+            read=lambda i: episodes[i],
+            metadata=[e.metadata for e in episodes],
+        )  # fmt: skip
 
     @classmethod
     def load(cls, name: str, device: str | torch.device = "cpu", lazy_images: bool = False) -> "Dataset":
-        return cls(read_episodes(name, lazy_images=lazy_images), device=device, name=name)
+        """Read a local dataset straight into preallocated arrays, one episode at a time, so
+        loading needs little more memory than the result (no list of episodes, no concatenation)."""
+        from embodied.data.episodes import EpisodeFile
+
+        with EpisodeFile(name) as source:
+            if source.count == 0:
+                raise DatasetError(f"{source.path}: no episodes")
+            # First pass: shapes and attributes only, no data read.
+            lengths, has_actions, metadata, action_shape = [], [], [], None
+            for index in range(source.count):
+                group = source.group(index)
+                for required in ("observations", "rewards"):
+                    if required not in group:
+                        raise DatasetError(f"{source.path}: episode_{index} has no '{required}'")
+                lengths.append(group["rewards"].shape[0])
+                has_actions.append(bool(group.attrs.get("has_actions", True)))
+                metadata.append(dict(group.attrs))
+                if action_shape is None and has_actions[-1]:
+                    action_shape = group["actions"].shape[1:]
+            first = source.read(0, lazy_images=lazy_images)
+            dataset = cls.__new__(cls)
+            dataset._build(
+                name, device, lengths=np.array(lengths), has_actions=np.array(has_actions),
+                observation_leaves=_leaf_specs(first.observations), action_shape=action_shape,
+                read=lambda i: source.read(i, lazy_images=lazy_images), metadata=metadata,
+            )  # fmt: skip
+        return dataset
+
+    def _build(self, name, device, lengths, has_actions, observation_leaves, action_shape, read, metadata) -> None:
+        self.name = name
+        self.device = torch.device(resolve_device(device))
+        if action_shape is None:
+            raise DatasetError(f"{name or 'dataset'}: no episode has actions")
+        self.num_episodes = len(lengths)
+        self.num_transitions = int(lengths.sum())
+        self.episode_lengths = lengths
+        self.episode_metadata = metadata
+        rows = lengths + 1
+        total = int(rows.sum())
+        starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
+        ends = starts + lengths  # row of each episode's last observation
+        # Per-step arrays sit at the row of the observation they follow; last rows are padding.
+        observations = {
+            path: [] if lazy else np.zeros((total, *shape), dtype=np.float32 if dtype == np.float64 else dtype)
+            for path, (shape, dtype, lazy) in observation_leaves.items()
+        }
+        actions = np.full((total, *action_shape), np.nan, np.float32)
+        rewards = np.zeros(total, np.float32)
+        terminals = np.zeros(total, np.float32)
+        timeouts = np.zeros(total, np.float32)
+        for index, (start, length) in enumerate(zip(starts, lengths)):
+            episode = read(index)
+            if len(episode) != length:
+                raise DatasetError(f"{name}: episode {index} changed length while loading")
+            for path, value in _leaves_by_path(episode.observations):
+                if isinstance(observations[path], list):
+                    observations[path].append(value)
+                else:
+                    observations[path][start : start + length + 1] = value
+            if has_actions[index]:
+                actions[start : start + length] = episode.actions
+            rewards[start : start + length] = episode.rewards
+            terminals[start : start + length] = episode.terminations
+            timeouts[start : start + length] = episode.truncations
+        tree = {path: LazyImages(v, self.device) if isinstance(v, list) else v for path, v in observations.items()}
+        self.observations = _to_torch(tree[""] if "" in tree else _unflatten(tree), self.device)
+        self.actions = _to_torch(actions, self.device)
+        self.rewards = _to_torch(rewards, self.device)
+        self.terminals = _to_torch(terminals, self.device)
+        self.timeouts = _to_torch(timeouts, self.device)
+        self.episode_starts = torch.as_tensor(starts, device=self.device)
+        self.episode_ends = torch.as_tensor(ends, device=self.device)
+        self._end_of_row = torch.as_tensor(np.repeat(ends, rows), device=self.device)
+        is_step = np.ones(total, bool)
+        is_step[ends] = False
+        acted_rows = np.repeat(has_actions, rows) & is_step
+        self.has_actions = torch.as_tensor(acted_rows, device=self.device)
+        self._all_steps = torch.as_tensor(np.flatnonzero(is_step), device=self.device)
+        self._acted_steps = torch.as_tensor(np.flatnonzero(acted_rows), device=self.device)
+        self._segment_starts: dict[tuple[int, bool], torch.Tensor] = {}
 
     # --- facts -------------------------------------------------------------------------
     @property

@@ -245,24 +245,62 @@ def _to_buffer(episode: Episode, index: int, action_space: gym.Space):
     )
 
 
+class EpisodeFile:
+    """Reads episodes from a dataset's HDF5 file, reopening it every ``reopen_every``
+    episodes: HDF5 keeps the metadata of every object it has read until the file closes,
+    which on a 2,000-episode file costs more memory than the data of a small dataset."""
+
+    def __init__(self, name: str, reopen_every: int = 64):
+        import h5py
+
+        self.path = _existing(name) / "data" / "main_data.hdf5"
+        self.reopen_every = reopen_every
+        self._reads = 0
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise DatasetError(f"cannot open {self.path}: {error} (is the file truncated or corrupt?)") from None
+        self.count = len(self.file.keys())
+
+    def _fresh(self):
+        import h5py
+
+        self._reads += 1
+        if self._reads % self.reopen_every == 0:
+            self.file.close()
+            self.file = h5py.File(self.path, "r")
+        return self.file
+
+    def read(self, index: int, lazy_images: bool = False) -> Episode:
+        return read_episode(self._fresh(), index, where=str(self.path), lazy_images=lazy_images)
+
+    def group(self, index: int):
+        """The HDF5 group of one episode (for its shapes and attributes)."""
+        key = f"episode_{index}"
+        file = self._fresh()
+        if key not in file:
+            raise DatasetError(f"{self.path}: no {key} (the file has {self.count} episodes)")
+        return file[key]
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "EpisodeFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def read_episodes(name: str, indices: Iterable[int] | None = None, lazy_images: bool = False) -> Iterator[Episode]:
     """Read episodes of a local dataset (the training view is :func:`load_dataset`).
 
     With ``lazy_images``, image observations (uint8, 3 or more dimensions) are
     :class:`StoredArray` references read from disk only when indexed.
     """
-    import h5py
-
-    path = _existing(name)
-    file_path = path / "data" / "main_data.hdf5"
-    try:
-        file = h5py.File(file_path, "r")
-    except OSError as error:
-        raise DatasetError(f"cannot open {file_path}: {error} (is the file truncated or corrupt?)") from None
-    with file:
-        count = len(file.keys())
-        for index in range(count) if indices is None else indices:
-            yield read_episode(file, index, where=f"{file_path}", lazy_images=lazy_images)
+    with EpisodeFile(name) as source:
+        for index in range(source.count) if indices is None else indices:
+            yield source.read(index, lazy_images=lazy_images)
 
 
 def read_episode(file, index: int, where: str, lazy_images: bool = False) -> Episode:

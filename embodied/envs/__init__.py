@@ -124,13 +124,17 @@ def make_vec(
 ) -> gym.vector.VectorEnv:
     """A Gymnasium vector env of ``num_envs`` copies (``sync`` or ``async`` processes).
 
-    ``reset(seed=s)`` seeds copy ``i`` with ``s + i``.
+    ``reset(seed=s)`` seeds copy ``i`` with ``s + i``. Async workers are started with
+    ``spawn``: a process forked after the parent rendered with EGL hangs.
     """
     if vectorization_mode not in ("sync", "async"):
         raise EnvOptionError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
     if not isinstance(num_envs, int) or num_envs < 1:
         raise EnvOptionError(f"num_envs must be a positive integer, got {num_envs!r}")
-    return gym.make_vec(resolve(env_id), num_envs=num_envs, vectorization_mode=vectorization_mode, **options)
+    vector_kwargs = {"context": "spawn"} if vectorization_mode == "async" else None
+    return gym.make_vec(
+        resolve(env_id), num_envs=num_envs, vectorization_mode=vectorization_mode, vector_kwargs=vector_kwargs, **options
+    )
 
 
 __all__ = [

@@ -6,7 +6,9 @@
     embodied collect ENV_ID (--quality expert|medium|random|mixed | --policy scripted|random
                      --noise SIGMA) --episodes N --name NAME [--workers K] [--seed S]
     embodied dataset list | info NAME | import FORMAT SOURCE --name NAME
-                     | export NAME FORMAT PATH | strip-actions NAME --fraction F --name NEW
+                     | export NAME FORMAT PATH | strip-actions NAME --fraction F --name-out NEW
+    embodied train CONFIG.yaml [--set key=value ...] | --resume RUN_DIR
+    embodied eval CHECKPOINT --episodes N [--video PATH] [--seed S]
 """
 
 from __future__ import annotations
@@ -169,6 +171,39 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from embodied.run import config as run_config
+    from embodied.run.fit import train
+
+    if args.resume:
+        if args.config or args.set:
+            raise run_config.ConfigError("--resume continues a run with its saved config: give no CONFIG or --set")
+        run_dir = train(resume=args.resume)
+    else:
+        if not args.config:
+            raise run_config.ConfigError("give a CONFIG.yaml (see configs/) or --resume RUN_DIR")
+        run_dir = train(run_config.load(args.config, args.set or []))
+    print(f"run: {run_dir}")
+    eval_csv = run_dir / "eval.csv"
+    if eval_csv.exists():
+        last = eval_csv.read_text().strip().splitlines()
+        print("final evaluation: " + ", ".join(f"{k}={v}" for k, v in zip(last[0].split(","), last[-1].split(","))))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from embodied.run.fit import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(args.checkpoint, args.episodes, seed=args.seed, video=args.video)
+    line = f"{summary['env']}: return {summary['return_mean']:.2f} ± {summary['return_std']:.2f}"
+    if "success_rate" in summary:
+        line += f", success rate {summary['success_rate']:.2f}"
+    print(line + f" over {args.episodes} episodes")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embodied", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -227,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     strip.add_argument("--seed", type=int, default=0)
     strip.add_argument("--overwrite", action="store_true")
     data.set_defaults(run=cmd_dataset)
+
+    tr = commands.add_parser("train", help="train an agent from a config (configs/<algo>/...)")
+    tr.add_argument("config", nargs="?", metavar="CONFIG.yaml")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. algo.expectile=0.8")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    tr.set_defaults(run=cmd_train)
+
+    ev = commands.add_parser("eval", help="evaluate a checkpoint (file or run directory) in its env")
+    ev.add_argument("checkpoint", metavar="CHECKPOINT")
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--video", metavar="PATH")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(run=cmd_eval)
     return parser
 
 
@@ -237,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except (UnknownEnvError, EnvOptionError, DatasetError, ValueError, TypeError, ImportError) as error:
+    except (UnknownEnvError, EnvOptionError, DatasetError, ValueError, TypeError, ImportError,
+            FileNotFoundError, FileExistsError) as error:  # fmt: skip
         print(f"embodied {args.command}: error: {error}", file=sys.stderr)
         return 2
 

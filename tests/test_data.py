@@ -88,6 +88,8 @@ def test_quality_levels_and_bad_collection_arguments():
     mixed = behaviours_for(1000, 0, "mixed", "scripted", 0.0)
     shares = {q: sum(b.quality == q for b in mixed) / 1000 for q in ("expert", "medium", "random")}
     assert shares["expert"] == pytest.approx(0.2, abs=0.04) and shares["random"] == pytest.approx(0.4, abs=0.05)
+    medium = behaviours_for(5, 0, "medium", "scripted", 0.0, "metaworld/push-v3")
+    assert all(b.noise == pytest.approx(0.88) and b.quality == "medium" for b in medium)  # calibrated per task
     with pytest.raises(DatasetError, match="unknown quality"):
         behaviours_for(3, 0, "great", "scripted", 0.0)
     with pytest.raises(DatasetError, match="noise"):

@@ -4,8 +4,9 @@
 
 One Meta-World dataset (``metaworld/push-v3``, quality ``mixed``) is collected once and
 read by all three: ours through ``embodied.load_dataset``; Minari through
-``minari.load_dataset`` and its ``sample_episodes`` (a batch of transitions or segments is
-then cut from the sampled episodes, which is what Minari offers); d3rlpy through its
+``minari.load_dataset`` and its ``sample_episodes`` (which draws episodes without
+replacement, so a batch samples min(256, episodes) of them and cuts its 256 transitions
+or segments from those: what Minari offers); d3rlpy through its
 replay buffer, fed our D4RL-layout export, in its own virtual environment
 (``.venv-d3rlpy``: d3rlpy 2.8 pins gymnasium 1.0, which Meta-World refuses).
 
@@ -31,17 +32,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
+from embodied.bench.d3rlpy_sampler import rate  # noqa: E402  (that file imports d3rlpy only when run)
+
 BATCH = 256
 SEGMENT = 50
-
-
-def rate(fn, seconds: float) -> float:
-    fn()  # warm up
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        fn()
-        count += 1
-    return count / (time.perf_counter() - start)
 
 
 def ours(name: str, seconds: float) -> dict[str, float]:
@@ -65,9 +59,15 @@ def minari_sampling(name: str, seconds: float) -> dict[str, float]:
 
     dataset = minari.load_dataset(dataset_id(name))
     rng = np.random.default_rng(0)
+    # sample_episodes draws without replacement: at most one draw of every episode.
+    per_draw = min(BATCH, dataset.total_episodes)
+
+    def draw():
+        episodes = dataset.sample_episodes(per_draw)
+        return [episodes[i] for i in rng.integers(len(episodes), size=BATCH)]
 
     def transitions():
-        episodes = dataset.sample_episodes(BATCH)
+        episodes = draw()
         steps = [rng.integers(len(e.rewards)) for e in episodes]
         return (
             np.stack([e.observations[t] for e, t in zip(episodes, steps)]),
@@ -76,7 +76,7 @@ def minari_sampling(name: str, seconds: float) -> dict[str, float]:
         )
 
     def segments():
-        episodes = dataset.sample_episodes(BATCH)
+        episodes = draw()
         starts = [rng.integers(len(e.rewards) - SEGMENT + 1) for e in episodes]
         return np.stack([e.observations[s : s + SEGMENT + 1] for e, s in zip(episodes, starts)])
 

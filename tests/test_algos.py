@@ -1,0 +1,148 @@
+"""Every algorithm passes one tester: updates, acting, save -> load -> same outputs, resume."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import embodied
+from embodied.algos import ALGOS, agent_class
+from embodied.data.collect import collect
+from embodied.run import checkpoint
+from embodied.run.config import ConfigError, load, parse
+from embodied.run.fit import train
+
+ALGO_NAMES = sorted(ALGOS)
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINARI_DATASETS_PATH", str(root))
+        collect("metaworld/reach-v3", 6, name="tiny-reach", quality="mixed", progress=False,
+                env_options={"max_episode_steps": 40})  # fmt: skip
+    return root
+
+
+@pytest.fixture(autouse=True)
+def use_datasets(dataset_root, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(dataset_root))
+
+
+def small_config(algo: str, tmp_path, **train):
+    return parse({
+        "algo": {"name": algo, **({"hidden_dims": [32, 32]} if algo != "mtm" else {})},
+        "env": {"id": "metaworld/reach-v3", "options": {"max_episode_steps": 20}},
+        "data": {"name": "tiny-reach"},
+        "train": {"steps": 30, "batch_size": 16, "eval_every": 0, "eval_episodes": 1, "log_every": 10,
+                  "checkpoint_every": 10, "run_dir": str(tmp_path), "progress": False, **train},
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_update_act_save_load(algo, tmp_path):
+    from embodied.data import load_dataset
+
+    config = small_config(algo, tmp_path)
+    env = embodied.make("metaworld/reach-v3")
+    agent = agent_class(algo)(config.algo, env.observation_space, env.action_space, "cpu")
+    dataset = load_dataset("tiny-reach")
+    agent.prepare(dataset, total_steps=10)
+    before = [p.detach().clone() for p in agent.parameters()]
+    generator = torch.Generator().manual_seed(0)
+    for step in range(1, 6):
+        metrics = agent.update(agent.sample(dataset, 16, generator), step)
+        assert metrics and all(torch.isfinite(v).all() for v in metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.parameters()))
+    obs, _ = env.reset(seed=0)
+    action = agent.act(obs)
+    assert action.shape == (4,) and action.dtype == np.float32 and env.action_space.contains(action)
+    batch_actions = agent.act(np.stack([obs, obs, obs]))
+    assert batch_actions.shape == (3, 4)
+    path = checkpoint.save(tmp_path / "agent.pt", agent, config.to_dict(), step=5)
+    loaded = embodied.load(path)
+    assert type(loaded) is type(agent)
+    np.testing.assert_array_equal(loaded.act(obs), action)
+    for key, value in agent.state_dict()["modules"].items():
+        assert torch.equal(value, loaded.state_dict()["modules"][key]), key
+
+
+@pytest.mark.parametrize("algo", ALGO_NAMES)
+def test_resume_after_a_kill_ends_with_the_same_weights(algo, tmp_path, monkeypatch):
+    straight = train(small_config(algo, tmp_path / "straight"))
+    expected = checkpoint.read(straight / "checkpoints" / "step_30.pt")["agent"]["modules"]
+
+    killed_config = small_config(algo, tmp_path / "killed")
+    cls = agent_class(algo)
+    original = cls.update
+
+    def dies_at_step_25(self, batch, step):
+        if step == 25:
+            raise KeyboardInterrupt("killed")
+        return original(self, batch, step)
+
+    monkeypatch.setattr(cls, "update", dies_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed_config)
+    monkeypatch.setattr(cls, "update", original)
+    run_dir = tmp_path / "killed" / straight.name
+    assert checkpoint.latest(run_dir).name == "step_20.pt"
+    train(resume=run_dir)
+    resumed = checkpoint.read(run_dir / "checkpoints" / "step_30.pt")["agent"]["modules"]
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    rows = (run_dir / "train.csv").read_text().strip().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [10, 20, 30]  # no duplicate rows after resume
+
+
+def test_train_writes_config_logs_eval_and_checkpoints(tmp_path):
+    run_dir = train(small_config("iql", tmp_path, eval_every=15, eval_episodes=1))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["algo"]["name"] == "iql" and saved["algo"]["expectile"] == 0.7
+    assert (run_dir / "tensorboard").is_dir()
+    eval_rows = (run_dir / "eval.csv").read_text().strip().splitlines()
+    assert "eval/success_rate" in eval_rows[0] and len(eval_rows) == 3  # steps 15 and 30
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_10.pt", "step_20.pt", "step_30.pt"]
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(small_config("iql", tmp_path))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'algo.expectle'. Did you mean 'expectile'"):
+        parse({"algo": {"name": "iql", "expectle": 0.8}})
+    with pytest.raises(ConfigError, match="unknown algorithm 'iqll'"):
+        parse({"algo": {"name": "iqll"}})
+    with pytest.raises(ConfigError, match=r"train.steps: 'many'"):
+        parse({"algo": {"name": "bc"}, "train": {"steps": "many"}})
+    with pytest.raises(ConfigError, match="unknown top-level key 'trian'"):
+        parse({"algo": {"name": "bc"}, "trian": {}})
+    path = tmp_path / "c.yaml"
+    path.write_text("algo: {name: iql}\n")
+    assert load(path, ["algo.expectile=0.9", "train.steps=5"]).algo.expectile == 0.9
+    with pytest.raises(ConfigError, match="must look like"):
+        load(path, ["algo.expectile"])
+
+
+def test_every_shipped_config_parses():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
+    assert configs
+    for path in configs:
+        load(path)
+
+
+def test_cli_train_and_eval(tmp_path, capsys):
+    from embodied.cli import main
+
+    config = tmp_path / "bc.yaml"
+    config.write_text(yaml.safe_dump(small_config("bc", tmp_path).to_dict()))
+    assert main(["train", str(config), "--set", "train.steps=12", "--set", "train.checkpoint_every=6"]) == 0
+    out = capsys.readouterr().out
+    run_dir = out.split("run: ")[1].splitlines()[0]
+    assert main(["eval", run_dir, "--episodes", "1"]) == 0
+    assert "success rate" in capsys.readouterr().out
+    assert main(["train", str(config), "--set", "algo.expectile=0.8"]) == 2
+    assert "unknown key 'algo.expectile'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing"), "--episodes", "1"]) == 2

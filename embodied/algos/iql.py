@@ -60,7 +60,7 @@ class IQL(Agent):
         self.actor = GaussianPolicy(self.obs_dim, self.action_dim, hidden, config.dropout)
         self.register_buffer("reward_multiplier", torch.ones(()))
         self.to(device)
-        options = {"foreach": True}
+        options = {"fused": True}
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value_lr, **options)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, **options)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, **options)

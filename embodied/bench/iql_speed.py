@@ -1,0 +1,127 @@
+"""IQL gradient updates/s: ours (eager and torch.compile) against d3rlpy's IQL, same run.
+
+    python -m embodied.bench.iql_speed --updates 300 --rounds 3 --out results/offline_rl_speed.md
+
+Same dataset (``metaworld/push-v3`` mixed, 100 episodes; d3rlpy reads our D4RL export),
+same networks (256x256 MLPs for actor, twin critics and value), batch 256, standardised
+observations, and every timed update draws its own batch from the library's buffer.
+The variants take turns for ``--rounds`` rounds; the table reports the median round.
+d3rlpy runs in its own virtual environment (``.venv-d3rlpy``; it pins gymnasium 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import torch  # noqa: E402
+
+
+def ours(dataset, agent, updates: int, generator) -> float:
+    synchronize = torch.cuda.synchronize if agent.device.type == "cuda" else (lambda: None)
+    for step in range(10):  # warm up
+        agent.update(agent.sample(dataset, 256, generator), step)
+    synchronize()
+    start = time.perf_counter()
+    for step in range(updates):
+        agent.update(agent.sample(dataset, 256, generator), step)
+    synchronize()
+    return updates / (time.perf_counter() - start)
+
+
+def d3rlpy(path: Path, python: Path, updates: int, device: str) -> float:
+    script = Path(__file__).with_name("d3rlpy_iql.py")
+    out = subprocess.run(
+        [str(python), str(script), str(path), "--updates", str(updates), "--device", device],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])["updates_per_second"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import embodied
+    from embodied.algos.iql import IQL, IQLConfig
+    from embodied.data import dataset_path, hdf5io, load_dataset
+    from embodied.data.collect import collect
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--updates", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--d3rlpy-python", type=Path, default=Path(".venv-d3rlpy/bin/python"))
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("results/offline_rl_speed.md"))
+    args = parser.parse_args(argv)
+    command = "python -m embodied.bench.iql_speed " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    name = "bench-push-mixed-100"
+    if not (dataset_path(name) / "data" / "metadata.json").exists():
+        collect("metaworld/push-v3", 100, name=name, quality="mixed", workers=2)
+    dataset = load_dataset(name, device=args.device)
+    env = embodied.make("metaworld/push-v3")
+    generator = torch.Generator(device="cpu").manual_seed(0)
+
+    def build(compiled: bool) -> IQL:
+        agent = IQL(IQLConfig(), env.observation_space, env.action_space, args.device)
+        agent.prepare(dataset, 10_000)
+        if compiled:
+            agent.compile()
+        return agent
+
+    variants = {"embodied IQL (eager)": build(False)}
+    if not args.no_compile:
+        compiled = build(True)
+        start = time.perf_counter()
+        ours(dataset, compiled, 5, generator)
+        compile_seconds = time.perf_counter() - start
+        variants["embodied IQL (torch.compile)"] = compiled
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    samples["d3rlpy 2.8.1 IQL"] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "d4rl.hdf5"
+        hdf5io.export_d4rl(name, export)
+        for round_index in range(args.rounds):
+            for label, agent in variants.items():
+                samples[label].append(ours(dataset, agent, args.updates, generator))
+            if args.d3rlpy_python.exists():
+                device = "cuda:0" if args.device.startswith("cuda") else "cpu:0"
+                samples["d3rlpy 2.8.1 IQL"].append(d3rlpy(export, args.d3rlpy_python, args.updates, device))
+            print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in samples.items() if v),
+                  flush=True)  # fmt: skip
+    medians = {label: statistics.median(values) for label, values in samples.items() if values}
+    baseline = medians.get("d3rlpy 2.8.1 IQL")
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
+        f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
+    lines = [
+        "# IQL training speed: gradient updates per second",
+        "",
+        f"Made by `{command.strip()}` on {device_name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
+        "Same dataset, networks (256×256), batch 256 and observation standardisation; each update draws its "
+        f"batch from the library's own buffer. Median of {args.rounds} interleaved rounds of {args.updates} updates.",
+        "",
+        "| variant | updates/s | rounds | vs d3rlpy |",
+        "|---|---:|---|---:|",
+    ]
+    for label, value in medians.items():
+        ratio = f"×{value / baseline:.2f}" if baseline else "—"
+        lines.append(f"| {label} | {value:.1f} | {', '.join(f'{v:.1f}' for v in samples[label])} | {ratio} |")
+    if not args.no_compile:
+        lines += ["", f"torch.compile warm-up (first updates, compiling): {compile_seconds:.0f} s."]
+    lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,7 @@
     embodied envs [--suite SUITE]
     embodied rollout ENV_ID --policy random|scripted --episodes N [--video PATH] [--seed S]
                      [--option KEY=VALUE ...]
-    embodied collect ENV_ID (--quality expert|medium|random|mixed | --policy scripted|random
+    embodied collect ENV_ID (--quality expert|medium|random|mixed | --policy scripted|random|CHECKPOINT
                      --noise SIGMA) --episodes N --name NAME [--workers K] [--seed S]
     embodied dataset list | info NAME | import FORMAT SOURCE --name NAME
                      | export NAME FORMAT PATH | strip-actions NAME --fraction F --name-out NEW
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("env_id", metavar="ENV_ID")
     col.add_argument("--quality", choices=("expert", "medium", "random", "mixed"),
                      help="a ready-made level (Meta-World); overrides --policy/--noise")
-    col.add_argument("--policy", default="scripted", help="scripted or random")
+    col.add_argument("--policy", default="scripted", help="scripted, random, or a checkpoint (file or run directory)")
     col.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise sigma")
     col.add_argument("--episodes", type=int, required=True)
     col.add_argument("--name", required=True, help="dataset name, e.g. metaworld-push-medium")

@@ -146,3 +146,20 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert main(["train", str(config), "--set", "algo.expectile=0.8"]) == 2
     assert "unknown key 'algo.expectile'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nothing"), "--episodes", "1"]) == 2
+
+
+def test_collect_with_a_checkpoint_policy(tmp_path, capsys):
+    from embodied.cli import main
+    from embodied.data import read_episodes
+
+    run_dir = train(small_config("bc", tmp_path, steps=5, checkpoint_every=5))
+    assert main(["collect", "metaworld/reach-v3", "--policy", str(run_dir), "--noise", "0.1", "--episodes", "2",
+                 "--name", "from-bc", "--workers", "2", "-o", "max_episode_steps=15"]) == 0  # fmt: skip
+    episodes = list(read_episodes("from-bc"))
+    assert len(episodes) == 2 and episodes[0].metadata["policy"] == str(run_dir.resolve())
+    agent = embodied.load(run_dir)
+    # Without noise, the stored actions are exactly the agent's.
+    main(["collect", "metaworld/reach-v3", "--policy", str(run_dir), "--episodes", "1", "--name", "from-bc-clean",
+          "-o", "max_episode_steps=15"])  # fmt: skip
+    clean = next(iter(read_episodes("from-bc-clean")))
+    np.testing.assert_allclose(agent.act(clean.observations[:-1]), clean.actions, atol=1e-6)

@@ -94,7 +94,7 @@ def test_quality_levels_and_bad_collection_arguments():
         behaviours_for(3, 0, "great", "scripted", 0.0)
     with pytest.raises(DatasetError, match="noise"):
         behaviours_for(3, 0, None, "scripted", -1.0)
-    with pytest.raises(DatasetError, match="policy"):
+    with pytest.raises(DatasetError, match="policy must be 'scripted', 'random' or a checkpoint"):
         behaviours_for(3, 0, None, "/no/such/checkpoint.pt", 0.0)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -34,7 +35,7 @@ from embodied.data.episodes import DatasetError, Episode, write_dataset
 class Behaviour:
     """How one episode is acted: a base policy and Gaussian action noise."""
 
-    policy: str  # "scripted", "random"
+    policy: str  # "scripted", "random", or a checkpoint path (file or run directory)
     noise: float = 0.0
     quality: str = "custom"
 
@@ -69,13 +70,15 @@ def behaviours_for(
 ) -> list[Behaviour]:
     """The behaviour of each episode: from a quality level, or one policy and noise for all."""
     if quality is None:
-        if policy not in ("scripted", "random"):
+        if policy not in ("scripted", "random") and not Path(policy).exists():
             raise DatasetError(
-                f"policy must be 'scripted' or 'random', got {policy!r} (checkpoint policies come "
-                "with the agents that save them)"
+                f"policy must be 'scripted', 'random' or a checkpoint (file or run directory); "
+                f"{policy!r} is none of these"
             )
         if noise < 0:
             raise DatasetError(f"noise must be >= 0, got {noise}")
+        if policy not in ("scripted", "random"):
+            policy = str(Path(policy).resolve())  # workers may run elsewhere
         return [Behaviour(policy, float(noise), "custom")] * episodes
     if quality not in QUALITIES:
         raise DatasetError(f"unknown quality {quality!r}; valid: {', '.join(QUALITIES)}")
@@ -99,9 +102,18 @@ def _worker_env(env_id: str, options: tuple):
     return _WORKER_ENVS[key]
 
 
+_WORKER_AGENTS: dict[str, Any] = {}
+
+
 def _policy(env, behaviour: Behaviour) -> Callable[[Any], np.ndarray]:
     if behaviour.policy == "random":
         return lambda _obs: env.action_space.sample()
+    if behaviour.policy != "scripted":  # a trained agent's checkpoint
+        if behaviour.policy not in _WORKER_AGENTS:
+            import embodied
+
+            _WORKER_AGENTS[behaviour.policy] = embodied.load(behaviour.policy)
+        return _WORKER_AGENTS[behaviour.policy].act
     from embodied.envs import scripted_policy
 
     return scripted_policy(env)

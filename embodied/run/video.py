@@ -36,6 +36,9 @@ def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: floa
             with imageio.get_writer(tmp_name, fps=fps, codec="libx264", macro_block_size=1, quality=7) as writer:
                 for frame in frames:
                     writer.append_data(_even(frame))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes it private; a video is not
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -7,8 +7,13 @@
                      --noise SIGMA) --episodes N --name NAME [--workers K] [--seed S]
     embodied dataset list | info NAME | import FORMAT SOURCE --name NAME
                      | export NAME FORMAT PATH | strip-actions NAME --fraction F --name-out NEW
+                     | label-actions NAME --checkpoint RUN_DIR_OR_FILE --name-out NEW
     embodied train CONFIG.yaml [--set key=value ...] | --resume RUN_DIR
     embodied eval CHECKPOINT --episodes N [--video PATH] [--seed S]
+    embodied reward check ENV_ID FILE [--steps N] [--seed S] [--json]
+    embodied reward generate ENV_ID "INSTRUCTION" [--model NAME] [--base-url URL] [--few-shot K]
+                     [--out FILE] [--replay FILE | --record FILE]
+    embodied reward refine RUN_DIR "FEEDBACK" [--instruction TEXT] [--model NAME] [...]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; no display on servers
@@ -168,6 +174,23 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )  # fmt: skip
         print(f"wrote {store.dataset_id(args.new_name)} at {path}")
+    elif args.action == "label-actions":
+        import embodied
+        from embodied.algos.mtm import MTM, label_actions
+
+        agent = embodied.load(args.checkpoint)
+        if not isinstance(agent, MTM):
+            raise ValueError(f"{args.checkpoint} holds a {agent.name} agent; label-actions needs an MTM checkpoint")
+        source = list(store.read_episodes(args.name))
+        labelled = label_actions(agent, source)
+        count = sum(not episode.has_actions for episode in source)
+        path = store.write_dataset(
+            args.new_name, labelled, **store.dataset_spaces(args.name), algorithm_name="label-actions",
+            description=f"{store.dataset_id(args.name)} with the actions of {count} action-free episodes "
+                        f"labelled by MTM inverse dynamics ({args.checkpoint})",
+            overwrite=args.overwrite,
+        )  # fmt: skip
+        print(f"labelled {count} of {len(source)} episodes; wrote {store.dataset_id(args.new_name)} at {path}")
     return 0
 
 
@@ -202,6 +225,150 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _llm_client(args: argparse.Namespace):
+    from embodied.llm import LLMConfig, make_client
+
+    return make_client(LLMConfig(
+        base_url=args.base_url, model=args.model, timeout_s=args.timeout, temperature=args.temperature,
+        replay=args.replay, record=args.record,
+    ))  # fmt: skip
+
+
+def _default_program_path(env_id: str) -> Path:
+    """runs/reward_code/<suite>/<task>.py, numbered (<task>-2.py, ...) so nothing is overwritten."""
+    suite, _, task = env_id.partition("/")
+    folder = Path("runs") / "reward_code" / suite
+    path, number = folder / f"{task}.py", 1
+    while path.exists():
+        number += 1
+        path = folder / f"{task}-{number}.py"
+    return path
+
+
+def _llm_failure(args: argparse.Namespace, error: Exception) -> int:
+    from embodied.rewards.text2reward.generate import RewardGenerationError
+
+    print(f"embodied reward {args.reward_command}: error: {error}", file=sys.stderr)
+    if isinstance(error, RewardGenerationError):
+        for attempt, reason in enumerate(error.errors[:-1], start=1):
+            print(f"  attempt {attempt} was refused: {reason.splitlines()[0] if reason else ''}", file=sys.stderr)
+    return 2
+
+
+def cmd_reward_generate(args: argparse.Namespace) -> int:
+    from embodied.llm import LLMError
+    from embodied.rewards.text2reward.generate import generate_program, write_program
+
+    if args.out and Path(args.out).exists() and not args.overwrite:  # say so before spending an LLM call
+        raise FileExistsError(f"{args.out} exists; choose another --out or pass --overwrite")
+    try:
+        client = _llm_client(args)
+        result = generate_program(
+            args.env_id, args.instruction, client, few_shot=args.few_shot, retries=args.retries,
+            check_steps=args.check_steps,
+        )  # fmt: skip
+    except LLMError as error:
+        return _llm_failure(args, error)
+    path = write_program(args.out or _default_program_path(args.env_id), result.source, header=result.header(),
+                         overwrite=args.overwrite)  # fmt: skip
+    shots = f", {len(result.examples)} few-shot example(s)" if result.examples else ", zero-shot"
+    print(f"wrote {path} ({client.model}{shots}, {result.attempts} attempt(s); passed the sandbox check "
+          f"and {args.check_steps} env steps)")  # fmt: skip
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    print(f"check it: embodied reward check {args.env_id} {path}")
+    return 0
+
+
+def cmd_reward_refine(args: argparse.Namespace) -> int:
+    from embodied.llm import LLMError
+    from embodied.rewards.text2reward.refine import refine_program
+
+    try:
+        client = _llm_client(args)
+        result = refine_program(
+            args.run_dir, args.feedback, client, instruction=args.instruction, retries=args.retries,
+            check_steps=args.check_steps,
+        )  # fmt: skip
+    except LLMError as error:
+        return _llm_failure(args, error)
+    print(f"wrote {result.path} (v{result.version}, refined from v{result.parent} by {client.model}); "
+          f"history in {result.path.parent / 'history.jsonl'}")  # fmt: skip
+    for warning in result.generation.warnings:
+        print(f"  warning: {warning}")
+    print(f"train with it: embodied train CONFIG.yaml --reward-code {result.path}")
+    return 0
+
+
+def _add_llm_options(parser: argparse.ArgumentParser) -> None:
+    llm = parser.add_argument_group("LLM endpoint (OpenAI-compatible; defaults from EMBODIED_LLM_* variables)")
+    llm.add_argument("--model", help="model name (default: $EMBODIED_LLM_MODEL)")
+    llm.add_argument("--base-url", help="API root, e.g. http://localhost:8000/v1 (default: $EMBODIED_LLM_BASE_URL, "
+                                        "then $OPENAI_BASE_URL); the key comes from $EMBODIED_LLM_API_KEY or $OPENAI_API_KEY")  # fmt: skip
+    llm.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    llm.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
+    recorded = llm.add_mutually_exclusive_group()
+    recorded.add_argument("--replay", metavar="FILE", help="answer from recorded responses in FILE (no network)")
+    recorded.add_argument("--record", metavar="FILE", help="ask the endpoint and append every answer to FILE")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="times a refused program's error is fed back to the LLM (default 2)")
+    parser.add_argument("--check-steps", type=int, default=300,
+                        help="env steps each program must survive before it is accepted (default 300)")
+
+
+def cmd_reward_check(args: argparse.Namespace) -> int:
+    from embodied.rewards.text2reward.check import check_program, read_program
+
+    report = check_program(args.env_id, read_program(args.file), steps=args.steps, seed=args.seed,
+                           timeout_s=args.timeout, filename=args.file)  # fmt: skip
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _add_reward_check_command(actions) -> None:
+    """`reward check`: the sandbox's static check, then a short run (Text2Reward programs)."""
+    check = actions.add_parser("check", help="validate a reward program: static check, then a few hundred env steps",
+                               description="Check a reward program `compute_dense_reward(self, action, obs)` for ENV_ID: "
+                                           "the sandbox's static rules, then STEPS env steps (random actions, and the "
+                                           "scripted expert for Meta-World). Exits 0 with reward statistics, or 1 with "
+                                           "the reason (rule or error, and the program line).")  # fmt: skip
+    check.add_argument("env_id", metavar="ENV_ID", help="e.g. metaworld/push-v3 or mujoco/Hopper-v5")
+    check.add_argument("file", metavar="FILE", help="the program, a .py file")
+    check.add_argument("--steps", type=int, default=300, help="env steps to run (default 300)")
+    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--timeout", type=float, default=1.0, help="time limit of one program call, seconds (default 1)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(run=cmd_reward_check)
+
+
+def _add_reward_llm_commands(actions) -> None:
+    """`reward generate` and `reward refine` (LLM-written reward programs, Text2Reward)."""
+    gen = actions.add_parser("generate", help="ask an LLM for a reward program (Text2Reward)",
+                             description="Ask an LLM for a dense reward program `compute_dense_reward(self, action, obs)` "
+                                         "for ENV_ID, check it, and write it.")  # fmt: skip
+    gen.add_argument("env_id", metavar="ENV_ID", help="e.g. metaworld/drawer-open-v3")
+    gen.add_argument("instruction", metavar="INSTRUCTION", help='the goal in words, e.g. "Open the drawer by its handle."')
+    gen.add_argument("--few-shot", type=int, default=0, metavar="K",
+                     help="show K programs of similar tasks from the library (default 0: zero-shot)")
+    gen.add_argument("--out", metavar="FILE", help="where to write (default runs/reward_code/<suite>/<task>.py, numbered)")
+    gen.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    _add_llm_options(gen)
+    gen.set_defaults(run=cmd_reward_generate)
+
+    ref = actions.add_parser("refine", help="next version of a run's reward program from feedback",
+                             description="Feed a run's training statistics and your feedback to the LLM; write "
+                                         "RUN_DIR/reward_code/v<N+1>.py and a history line (see "
+                                         "embodied.rewards.text2reward.refine for the layout).")  # fmt: skip
+    ref.add_argument("run_dir", metavar="RUN_DIR")
+    ref.add_argument("feedback", metavar="FEEDBACK", help='what went wrong, e.g. "it pushes the drawer sideways"')
+    ref.add_argument("--instruction", help="the task instruction (default: from the history or the program)")
+    _add_llm_options(ref)
+    ref.set_defaults(run=cmd_reward_refine)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     strip.add_argument("--name-out", dest="new_name", required=True)
     strip.add_argument("--seed", type=int, default=0)
     strip.add_argument("--overwrite", action="store_true")
+    label = actions.add_parser("label-actions", help="copy a dataset with its action-free episodes labelled by MTM")
+    label.add_argument("name")
+    label.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_FILE", help="an MTM run or checkpoint")
+    label.add_argument("--name-out", dest="new_name", required=True)
+    label.add_argument("--overwrite", action="store_true")
     data.set_defaults(run=cmd_dataset)
 
     tr = commands.add_parser("train", help="train an agent from a config (configs/<algo>/...)")
@@ -276,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--video", metavar="PATH")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(run=cmd_eval)
+
+    reward = commands.add_parser("reward", help="reward programs: generate with an LLM, check, refine")
+    reward_actions = reward.add_subparsers(dest="reward_command", required=True, metavar="ACTION")
+    _add_reward_check_command(reward_actions)
+    _add_reward_llm_commands(reward_actions)
     return parser
 
 

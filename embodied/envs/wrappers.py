@@ -2,10 +2,12 @@
 
 Every suite's factory builds its bare simulator env (which must render ``image_size``
 frames from ``camera`` through ``render()``) and hands it to :func:`apply_options`, so
-``obs``, ``image_size``, ``camera``, ``distractors``, ``frame_stack`` and
-``action_repeat`` mean the same thing everywhere. The order is fixed: action repeat
-innermost (a frame is rendered once per agent step, not per simulator step), then
-pixel observations, then distractors on those pixels, then frame stacking.
+``obs``, ``image_size``, ``camera``, ``distractors``, ``frame_stack``,
+``action_repeat`` and ``reward_code`` mean the same thing everywhere. The order is
+fixed: a reward program innermost (it reads the simulator's state after each step, and
+action repeat then sums its rewards; :mod:`embodied.envs.reward`), then action repeat (a
+frame is rendered once per agent step, not per simulator step), then pixel
+observations, then distractors on those pixels, then frame stacking.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ COMMON_OPTIONS: dict[str, Any] = {
     "frame_stack": 1,
     "action_repeat": 1,
     "render_mode": "rgb_array",
+    "reward_code": None,  # a Text2Reward program (path or text) replacing the env's reward
+    "reward_code_options": None,  # its fallback, timeout_s, memory_mb, on_error (embodied.envs.reward)
 }
 
 
@@ -106,7 +110,8 @@ class ActionRepeat(gym.Wrapper):
     """Repeat each action ``repeat`` times, summing rewards.
 
     Stops early at termination or truncation. ``info["success"]``, where the env
-    reports it, is true if any repeated step succeeded, so no success is lost.
+    reports it, is true if any repeated step succeeded, so no success is lost, and
+    ``info["env_reward"]`` (the env's own reward under a reward program) is summed too.
     """
 
     def __init__(self, env: gym.Env, repeat: int):
@@ -115,15 +120,19 @@ class ActionRepeat(gym.Wrapper):
 
     def step(self, action):
         total = 0.0
+        env_total = 0.0
         success = False
         for _ in range(self.repeat):
             obs, reward, terminated, truncated, info = self.env.step(action)
             total += float(reward)
+            env_total += float(info.get("env_reward", 0.0))
             success = success or bool(info.get("success", False))
             if terminated or truncated:
                 break
         if "success" in info:
             info = {**info, "success": success}
+        if "env_reward" in info:
+            info = {**info, "env_reward": env_total}
         return obs, total, terminated, truncated, info
 
 
@@ -153,6 +162,12 @@ class PixelObservation(gym.ObservationWrapper):
 
 def apply_options(env: gym.Env, common: dict[str, Any]) -> gym.Env:
     """Wrap a bare suite env according to the common options (see module docstring)."""
+    if common["reward_code"] is not None:
+        from embodied.envs.reward import wrap_reward_code
+
+        env = wrap_reward_code(env, common["reward_code"], common["reward_code_options"])
+    elif common["reward_code_options"] is not None:
+        raise EnvOptionError("reward_code_options was given without reward_code")
     if common["action_repeat"] > 1:
         env = ActionRepeat(env, common["action_repeat"])
     if common["obs"] != "state":

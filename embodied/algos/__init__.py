@@ -13,7 +13,7 @@ from embodied.algos.base import Agent
 ALGOS: dict[str, str] = {
     "bc": "embodied.algos.bc:BC",
     "iql": "embodied.algos.iql:IQL",
-    # "mtm": "embodied.algos.mtm:MTM",  (being written)
+    "mtm": "embodied.algos.mtm:MTM",
 }
 
 

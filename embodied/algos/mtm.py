@@ -1,0 +1,536 @@
+"""Masked Trajectory Models (Wu, Majumdar, Stone, Lin, Mordatch, Abbeel & Rajeswaran, 2023,
+"Masked Trajectory Models for Prediction, Representation, and Control", ICML; authors'
+code: facebookresearch/mtm, ``research/mtm``).
+
+One bidirectional transformer reconstructs trajectory segments from random subsets of
+themselves. A segment of L timesteps has three tokens per step, in this order: state
+s_t, return-to-go R_t, action a_t. Each token is embedded by its modality's linear
+layer plus a learned modality embedding and a learned timestep embedding. As in MAE
+(He et al. 2022) the encoder sees only the visible tokens; its outputs, projected to a
+small latent, go to a shallower decoder with a learned mask token in every hidden
+position, and per-modality heads predict every token.
+
+Training masks, one per sample, of a pattern drawn uniformly from ``mask_patterns`` (the
+authors draw one of their ``mask_patterns`` per batch, ``masks.py``):
+
+- ``"random"`` (their ``FULL_RANDOM``): each modality keeps ⌊r·L⌋ of its L tokens
+  visible, r drawn from ``visible_ratios``;
+- ``"autoregressive"`` (their ``AUTO_MASK``, the paper's "random autoregressive mask",
+  and their only pattern for D4RL): the random mask, then a cut hides the future: pick a
+  time p and a modality m (weights ``mode_weights``); tokens after p are hidden, and at
+  p the modalities from m on are hidden;
+- ``"inverse_dynamics"`` (their ``ID``, which shows all L states): states s_0 … s_k
+  visible for a random k in 1 … L−1, no action or return, so inverse dynamics from any
+  context length is trained, one transition included (what :func:`label_actions` asks);
+- ``"forward_dynamics"`` (their ``FD``, which shows every action): states and actions
+  s_0, a_0 … s_k, a_k visible for a random k in 0 … L−2, no return, as
+  :meth:`MTM.forward_dynamics` asks.
+
+Action tokens of steps without actions (action-free episodes) are always hidden and carry
+no loss, so MTM learns from action-free data too.
+
+Loss (``MTM.forward_loss`` of the authors, whose masked-only branch is disabled): the sum
+over modalities of the mean squared error on *every* token, visible or hidden, in
+standardised units (``masked_loss_only`` restricts it to hidden tokens):
+
+    L = Σ_m  Σ_{b,t} w_m(b,t) · ‖ŝ_m(b,t) − x_m(b,t)‖² / dim_m  /  Σ_{b,t} w_m(b,t)
+
+with w = 1, except w_actions = 0 where a step has no action.
+
+Inference is choosing a mask (see :func:`bc_mask`, :func:`inverse_dynamics_mask`,
+:func:`forward_dynamics_mask`): behaviour cloning, return-conditioned behaviour cloning
+(the paper's offline-RL mode, Chen et al. 2021), inverse and forward dynamics.
+:func:`label_actions` fills the actions of action-free episodes by inverse dynamics.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from embodied.algos.base import Agent
+from embodied.data.episodes import DatasetError, Episode
+from embodied.nets import Normalizer
+
+#: token order within a timestep (the authors' autoregressive mode order)
+STATES, RETURNS, ACTIONS = 0, 1, 2
+MODALITIES = ("states", "returns", "actions")
+PATTERNS = ("autoregressive", "random", "inverse_dynamics", "forward_dynamics")  # training mask patterns
+
+
+@dataclass
+class MTMConfig:
+    """MTM hyperparameters. Defaults are the authors' D4RL setting (Wu et al. 2023,
+    Appendix; facebookresearch/mtm ``research/mtm/config.yaml`` and
+    ``models/mtm_model.py``): 512 wide, 4 heads, 2 encoder + 1 decoder layers, latent 32,
+    segments of 4 steps, AdamW lr 1e-4 (β 0.9, 0.999), weight decay 0.01 on weight
+    matrices only, 40k linear warmup steps then cosine decay, no dropout, always the
+    random autoregressive mask with visible ratios {0.7, …, 1.0} and cut modality
+    weights (state 0.2, return 0.0, action 0.8). The batch, ``train.batch_size``, is 2048
+    as reported for the paper (the released config uses 1024).
+
+    To label action-free episodes, add the ``"inverse_dynamics"`` pattern: under the
+    autoregressive mask alone a transition with its action hidden and nothing else
+    visible is rare, and inverse dynamics from it learns slowly.
+
+    The loss and the masks are described in the module docstring.
+    """
+
+    algo = "mtm"
+    trajectory_length: int = 4  # L, timesteps per segment (authors' traj_length)
+    width: int = 512  # transformer width (n_embd)
+    heads: int = 4  # attention heads (n_head)
+    encoder_layers: int = 2  # n_enc_layer
+    decoder_layers: int = 1  # n_dec_layer
+    latent_dim: int = 32  # encoder output projected to this before the decoder (latent_dim)
+    dropout: float = 0.0  # in every transformer layer
+    learning_rate: float = 1e-4  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW, on linear and attention weight matrices only
+    warmup_steps: int = 40_000  # linear warmup, capped at a tenth of the run; then cosine to 0
+    # Share of a modality's tokens kept visible (before the cut): the authors' "mask_ratios",
+    # which count kept tokens (their mask is 1 where a token is shown).
+    visible_ratios: tuple = (0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
+    mask_patterns: tuple = ("autoregressive",)  # per sample: autoregressive, random, inverse_dynamics, forward_dynamics
+    mode_weights: tuple = (0.2, 0.0, 0.8)  # chance the cut starts at the state / return / action token of step p
+    masked_loss_only: bool = False  # loss on hidden tokens only (authors and paper: all tokens)
+    return_to_go: str = "average"  # "average": Σ future rewards / steps left (authors' D4RL); "sum": undiscounted
+    eval_mode: str = "rcbc"  # policy(): "rcbc" (return-conditioned, the paper's control mode) or "bc"
+    target_return_fraction: float = 1.0  # RCBC target: min + fraction·(max − min) of the data's returns-to-go
+
+
+# --- masks: (L, 3) booleans, True = visible ---------------------------------------------------
+def bc_mask(length: int, t: int, returns: bool = False) -> torch.Tensor:
+    """Behaviour cloning of a_t: states up to t, actions before t (and returns up to t if
+    ``returns``, for return-conditioned BC); the rest hidden."""
+    time = torch.arange(length)
+    visible = torch.zeros(length, 3, dtype=torch.bool)
+    visible[:, STATES] = time <= t
+    visible[:, ACTIONS] = time < t
+    if returns:
+        visible[:, RETURNS] = time <= t
+    return visible
+
+
+def inverse_dynamics_mask(length: int, steps: int = 1) -> torch.Tensor:
+    """Inverse dynamics of a_0 … a_{steps−1}: states s_0 … s_steps visible, no action or return."""
+    visible = torch.zeros(length, 3, dtype=torch.bool)
+    visible[: steps + 1, STATES] = True
+    return visible
+
+
+def forward_dynamics_mask(length: int, t: int = 0) -> torch.Tensor:
+    """Forward dynamics of s_{t+1}: states and actions up to t visible, no return."""
+    visible = torch.zeros(length, 3, dtype=torch.bool)
+    visible[: t + 1, STATES] = True
+    visible[: t + 1, ACTIONS] = True
+    return visible
+
+
+# --- the network ------------------------------------------------------------------------------
+def _transformer(width: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+    """Pre-norm GELU layers with a final LayerNorm, as the authors' encoder and decoder."""
+    layer = nn.TransformerEncoderLayer(
+        width, heads, 4 * width, dropout, activation="gelu", batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(width), enable_nested_tensor=False)
+
+
+def _sinusoid(length: int, width: int) -> torch.Tensor:
+    """The authors' fixed 1-D sin-cos position code (MAE's), used here to initialise learned ones."""
+    omega = 1.0 / 10000 ** (torch.arange(width // 2, dtype=torch.float64) / (width / 2))
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * omega[None]
+    code = torch.cat([angles.sin(), angles.cos()], dim=1)
+    return torch.nn.functional.pad(code, (0, width - code.shape[1])).float()
+
+
+class MaskedTrajectoryModel(nn.Module):
+    """MAE-style encoder–decoder over (L timesteps × modalities) tokens.
+
+    ``forward(tokens, visible)``: ``tokens[m]`` is (B, L, dim_m), ``visible`` (B, L, M)
+    bool; returns one (B, L, dim_m) prediction per modality for every position.
+    """
+
+    def __init__(self, dims: Sequence[int], length: int, width: int, heads: int, encoder_layers: int,
+                 decoder_layers: int, latent_dim: int, dropout: float = 0.0):  # fmt: skip
+        super().__init__()
+        modalities = len(dims)
+        self.length = length
+        self.embed = nn.ModuleList(nn.Linear(dim, width) for dim in dims)
+        # Modality codes start at zero as the authors' per-dim encodings; timestep codes start
+        # as their fixed sinusoid (halved, as theirs) and are learned here.
+        self.encoder_modality = nn.Parameter(torch.zeros(modalities, width))
+        self.decoder_modality = nn.Parameter(torch.zeros(modalities, width))
+        self.encoder_timestep = nn.Parameter(_sinusoid(length, width) / 2)
+        self.decoder_timestep = nn.Parameter(_sinusoid(length, width) / 2)
+        self.encoder = _transformer(width, heads, encoder_layers, dropout)
+        self.to_latent = nn.Sequential(nn.GELU(), nn.Linear(width, latent_dim))
+        self.mask_token = nn.Parameter(torch.zeros(modalities, latent_dim))
+        self.from_latent = nn.ModuleList(nn.Linear(latent_dim, width) for _ in dims)
+        self.decoder = _transformer(width, heads, decoder_layers, dropout)
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, dim))
+            for dim in dims
+        )
+
+    def forward(self, tokens: Sequence[torch.Tensor], visible: torch.Tensor) -> list[torch.Tensor]:
+        batch, length, modalities = visible.shape
+        # Hidden inputs are zeroed so no hidden value (a NaN action of an action-free step
+        # included) can reach any output, even through a zero attention weight (0·NaN = NaN).
+        x = torch.stack(
+            [embed(torch.where(visible[..., m, None], tokens[m], 0.0)) for m, embed in enumerate(self.embed)], dim=2
+        )
+        x = x + self.encoder_modality + self.encoder_timestep[:length, None]
+        flat_visible = visible.reshape(batch, length * modalities)
+        # The encoder attends to visible tokens only: with hidden keys ignored, the outputs
+        # at visible positions equal those of MAE's encoder run on the visible tokens alone,
+        # with one fixed shape for the whole batch although every sample has its own mask.
+        # A sample with nothing visible ignores nothing (its outputs are all replaced below),
+        # so softmax never sees a row of only -inf.
+        ignore = ~flat_visible & flat_visible.any(dim=1, keepdim=True)
+        encoded = self.encoder(x.reshape(batch, length * modalities, -1), src_key_padding_mask=ignore)
+        latent = self.to_latent(encoded).reshape(batch, length, modalities, -1)
+        latent = torch.where(visible[..., None], latent, self.mask_token)
+        y = torch.stack([project(latent[:, :, m]) for m, project in enumerate(self.from_latent)], dim=2)
+        y = y + self.decoder_modality + self.decoder_timestep[:length, None]
+        y = self.decoder(y.reshape(batch, length * modalities, -1)).reshape(batch, length, modalities, -1)
+        return [head(y[:, :, m]) for m, head in enumerate(self.heads)]
+
+
+class WarmupCosine:
+    """Learning-rate factor: linear warmup, then cosine decay to 0 at the run's end (the
+    authors' schedule). The first update already gets 1/warmup of the rate (theirs gets 0).
+    A callable object, so ``LambdaLR`` checkpoints its fields."""
+
+    def __init__(self, warmup: int = 1, total: int = 1):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay linear and attention weight matrices only, as the authors (and minGPT): not
+    biases, LayerNorms, embeddings or mask tokens."""
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    decayed |= {id(m.in_proj_weight) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    parameters = list(model.parameters())
+    return [
+        {"params": [p for p in parameters if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in parameters if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+
+
+def _fit_standardiser(normalizer: Normalizer, data: torch.Tensor) -> None:
+    normalizer.fit(data)
+    # The authors' tokenizer only centres features whose std is below 0.1 (near-constant
+    # features would otherwise be blown up into noise).
+    normalizer.std[normalizer.std < 0.1] = 1.0
+
+
+@dataclass
+class SegmentBatch:
+    """Segments of L steps with their training mask (tensors on the dataset's device)."""
+
+    states: torch.Tensor  # (B, L, obs)
+    returns: torch.Tensor  # (B, L, 1) returns-to-go
+    actions: torch.Tensor  # (B, L, act); NaN where has_actions is False
+    has_actions: torch.Tensor  # (B, L) bool
+    visible: torch.Tensor  # (B, L, 3) bool, modalities in STATES, RETURNS, ACTIONS order
+
+
+class MTM(Agent):
+    Config = MTMConfig
+    name = "mtm"
+
+    def __init__(self, config: MTMConfig, observation_space, action_space, device):
+        super().__init__(config, observation_space, action_space, device)
+        _validate(config)
+        self.length = config.trajectory_length
+        self.model = MaskedTrajectoryModel(
+            (self.obs_dim, 1, self.action_dim), self.length, config.width, config.heads,
+            config.encoder_layers, config.decoder_layers, config.latent_dim, config.dropout,
+        )  # fmt: skip
+        self.state_normalizer = Normalizer(self.obs_dim)
+        self.return_normalizer = Normalizer(1)
+        self.action_normalizer = Normalizer(self.action_dim)
+        self.register_buffer("target_return", torch.zeros(()))  # RCBC target, set by prepare()
+        self.to(device)
+        # fused: one kernel for all parameters, about 7x faster than the default on CPU.
+        self.optimizer = torch.optim.AdamW(
+            _parameter_groups(self.model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.999), fused=True
+        )
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupCosine())
+        # Per-dataset-row returns-to-go, rebuilt by prepare() (not saved: it is the data's).
+        self._returns_to_go: torch.Tensor | None = None
+        self._visible_counts = torch.tensor([int(self.length * r + 1e-9) for r in config.visible_ratios])
+        self._mode_weights = torch.tensor(config.mode_weights, dtype=torch.float)
+        self._patterns = torch.tensor([PATTERNS.index(pattern) for pattern in config.mask_patterns])
+
+    def optimizers(self):
+        return {"model": self.optimizer, "schedule": self.schedule}
+
+    # --- training ------------------------------------------------------------------------
+    def prepare(self, dataset, total_steps: int) -> None:
+        """Returns-to-go of every dataset row, the standardisers, the RCBC target, the schedule."""
+        rows = torch.arange(len(dataset.rewards), device=dataset.device)
+        end = dataset._end_of_row
+        rewards = dataset.rewards.double()
+        cumulative = rewards.cumsum(0)
+        # Σ_{j=i}^{end-1} r_j: the padding row at an episode's end has reward 0.
+        returns_to_go = cumulative[end] - cumulative + rewards
+        if self.config.return_to_go == "average":
+            returns_to_go = returns_to_go / (end - rows).clamp_min(1)
+        self._returns_to_go = returns_to_go.float()[:, None]
+        is_step = rows != end
+        _fit_standardiser(self.state_normalizer, dataset.observations[is_step].reshape(int(is_step.sum()), -1))
+        _fit_standardiser(self.return_normalizer, self._returns_to_go[is_step])
+        _fit_standardiser(self.action_normalizer, dataset.actions[dataset.has_actions])
+        step_returns = self._returns_to_go[is_step]
+        low, high = step_returns.min(), step_returns.max()
+        self.target_return.fill_(float(low + self.config.target_return_fraction * (high - low)))
+        # A 40k-step warmup would leave a short run (a test, a quick look) at a tiny rate.
+        schedule = self.schedule.lr_lambdas[0]
+        schedule.warmup = max(1, min(self.config.warmup_steps, total_steps // 10))
+        schedule.total = total_steps
+        for group, base_lr in zip(self.optimizer.param_groups, self.schedule.base_lrs):
+            group["lr"] = base_lr * schedule(self.schedule.last_epoch)
+
+    def sample(self, dataset, batch_size: int, generator: torch.Generator) -> SegmentBatch:
+        """Segments of L steps from anywhere, action-free episodes included, and their masks."""
+        if self._returns_to_go is None:
+            raise RuntimeError("MTM.sample: call prepare(dataset, total_steps) first")
+        segments = dataset.sample_segments(batch_size, self.length, generator, require_actions=False)
+        rows = segments["rows"][:, None] + torch.arange(self.length, device=dataset.device)
+        has_actions = dataset.has_actions[rows]
+        return SegmentBatch(
+            states=segments["observations"][:, :-1].reshape(batch_size, self.length, -1),
+            returns=self._returns_to_go[rows],
+            actions=segments["actions"].reshape(batch_size, self.length, -1),
+            has_actions=has_actions,
+            visible=self.training_mask(has_actions, generator),
+        )
+
+    def training_mask(self, has_actions: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training masks, one per sample, patterns from ``mask_patterns`` (module docstring): (B, L, 3) bool."""
+        batch, length = has_actions.shape
+        device = generator.device if generator is not None else torch.device("cpu")
+        options = {"generator": generator, "device": device}
+        # Keep ⌊r·L⌋ tokens of each modality, r drawn per sample and modality: the first
+        # `keep` of a random ranking of the L positions.
+        choice = torch.randint(len(self._visible_counts), (batch, 1, 3), **options)
+        keep = self._visible_counts.to(device)[choice]
+        rank = torch.rand(batch, length, 3, **options).argsort(dim=1).argsort(dim=1)
+        kept = rank < keep
+        # The autoregressive cut: from (time p, modality m) on, everything is hidden.
+        time = torch.arange(length, device=device)[None, :, None]
+        modality = torch.arange(3, device=device)[None, None, :]
+        cut = torch.randint(length, (batch, 1, 1), **options)
+        mode = torch.multinomial(self._mode_weights.to(device), batch, replacement=True, generator=generator)
+        before_cut = (time < cut) | ((time == cut) & (modality < mode[:, None, None]))
+        # Inverse dynamics: states s_0 … s_k (k ≥ 1), nothing else; forward: s_0, a_0 … s_k, a_k (k ≤ L−2).
+        inverse = (time <= torch.randint(1, length, (batch, 1, 1), **options)) & (modality == STATES)
+        forward = (time <= torch.randint(0, length - 1, (batch, 1, 1), **options)) & (modality != RETURNS)
+        pattern = self._patterns.to(device)[torch.randint(len(self._patterns), (batch, 1, 1), **options)]
+        visible = torch.where(pattern == PATTERNS.index("random"), kept, kept & before_cut)
+        visible = torch.where(pattern == PATTERNS.index("inverse_dynamics"), inverse, visible)
+        visible = torch.where(pattern == PATTERNS.index("forward_dynamics"), forward, visible)
+        visible = visible.to(has_actions.device)
+        visible[..., ACTIONS] &= has_actions
+        return visible
+
+    def _tokens(self, states: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor, has_actions: torch.Tensor):
+        actions = torch.where(has_actions[..., None], actions, 0.0)  # NaN rows of action-free steps
+        return (self.state_normalizer(states), self.return_normalizer(returns), self.action_normalizer(actions))
+
+    def loss(self, batch: SegmentBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The reconstruction loss of a batch and its per-modality parts (detached)."""
+        targets = self._tokens(batch.states, batch.returns, batch.actions, batch.has_actions)
+        predictions = self.model(targets, batch.visible)
+        weights = torch.ones_like(batch.visible, dtype=predictions[0].dtype)
+        weights[..., ACTIONS] = batch.has_actions.to(weights.dtype)
+        if self.config.masked_loss_only:
+            weights = weights * ~batch.visible
+        total = predictions[0].new_zeros(())
+        metrics = {}
+        for m, name in enumerate(MODALITIES):
+            error = (predictions[m] - targets[m]).square().mean(dim=-1)
+            part = (weights[..., m] * error).sum() / weights[..., m].sum().clamp_min(1.0)
+            total = total + part
+            metrics[f"{name}_loss"] = part.detach()
+        return total, metrics
+
+    def update(self, batch: SegmentBatch, step: int) -> dict[str, torch.Tensor]:
+        loss, metrics = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return {"loss": loss.detach(), **metrics, "learning_rate": torch.tensor(self.schedule.get_last_lr()[0])}
+
+    def compile(self) -> None:
+        self.model.compile()
+
+    # --- inference by choosing a mask ----------------------------------------------------------
+    def reconstruct(
+        self,
+        visible: torch.Tensor,
+        states: torch.Tensor | None = None,
+        returns: torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Every token predicted from the visible ones, in the data's units.
+
+        Inputs are (B, k, dim) with k ≤ L (missing ones: hidden); ``visible`` is (L, 3) or
+        (B, L, 3) bool. Returns (B, L, dim) per modality name.
+        """
+        given = (states, returns, actions)
+        batch = next(x.shape[0] for x in given if x is not None)
+        dims = (self.obs_dim, 1, self.action_dim)
+        tokens = []
+        for value, dim in zip(given, dims):
+            padded = torch.zeros(batch, self.length, dim, device=self.device)
+            if value is not None:
+                padded[:, : value.shape[1]] = value.reshape(batch, value.shape[1], dim)
+            tokens.append(padded)
+        visible = visible.to(self.device).expand(batch, self.length, 3)
+        normalised = self._tokens(*tokens, has_actions=visible[..., ACTIONS])
+        predictions = self.model(normalised, visible)
+        normalizers = (self.state_normalizer, self.return_normalizer, self.action_normalizer)
+        return {
+            name: prediction * normalizer.std + normalizer.mean
+            for name, prediction, normalizer in zip(MODALITIES, predictions, normalizers)
+        }
+
+    @torch.no_grad()
+    def behaviour_clone(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        target_return: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
+        """a_t from states s_0 … s_t (B, t+1, obs) and earlier actions (B, t, act), t < L;
+        return-conditioned (RCBC) when ``target_return`` (the return-to-go asked for) is given."""
+        steps = states.shape[1]
+        self._check_context("behaviour_clone", "states", steps, 1, self.length)
+        returns = None
+        if target_return is not None:
+            returns = torch.as_tensor(target_return, dtype=torch.float, device=self.device)
+            returns = returns.reshape(-1, 1, 1).expand(states.shape[0], steps, 1)
+        visible = bc_mask(self.length, steps - 1, returns=target_return is not None)
+        return self.reconstruct(visible, states=states, returns=returns, actions=actions)["actions"][:, steps - 1]
+
+    @torch.no_grad()
+    def inverse_dynamics(self, states: torch.Tensor) -> torch.Tensor:
+        """Actions a_0 … a_{k−1} (B, k, act) that lead through states s_0 … s_k (B, k+1, obs)."""
+        steps = states.shape[1] - 1
+        self._check_context("inverse_dynamics", "states", steps + 1, 2, self.length)
+        return self.reconstruct(inverse_dynamics_mask(self.length, steps), states=states)["actions"][:, :steps]
+
+    @torch.no_grad()
+    def forward_dynamics(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The next state s_k (B, obs) after states s_0 … s_{k−1} and actions a_0 … a_{k−1}, k < L."""
+        steps = states.shape[1]
+        self._check_context("forward_dynamics", "states", steps, 1, self.length - 1)
+        visible = forward_dynamics_mask(self.length, steps - 1)
+        return self.reconstruct(visible, states=states, actions=actions)["states"][:, steps]
+
+    def _check_context(self, what: str, name: str, count: int, low: int, high: int) -> None:
+        if not low <= count <= high:
+            raise ValueError(
+                f"{what}: takes {low} to {high} {name} (trajectory_length is {self.length}), got {count}"
+            )
+
+    def policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """Stateless: the observation is the first step of a context whose other tokens are
+        hidden (with RCBC, its return-to-go token shows the fixed target), as in the
+        authors' evaluation samplers. The autoregressive training mask shows exactly this
+        when it cuts at step 0, whereas the observation at the last position with earlier
+        steps hidden never occurs with the default ratios (at least 70 % of a modality's
+        tokens are kept). A fixed target suits the "average" return-to-go, which does not
+        shrink over an episode as a sum does."""
+        states = obs.reshape(obs.shape[0], 1, self.obs_dim)
+        target = self.target_return if self.config.eval_mode == "rcbc" else None
+        return self.behaviour_clone(states, target_return=target)
+
+
+def _validate(config: MTMConfig) -> None:
+    if config.eval_mode not in ("bc", "rcbc"):
+        raise ValueError(f"eval_mode must be 'bc' or 'rcbc', got {config.eval_mode!r}")
+    if config.return_to_go not in ("average", "sum"):
+        raise ValueError(f"return_to_go must be 'average' or 'sum', got {config.return_to_go!r}")
+    if config.trajectory_length < 2:
+        raise ValueError(f"trajectory_length must be >= 2 (dynamics need two steps), got {config.trajectory_length}")
+    if config.width % config.heads:
+        raise ValueError(f"width {config.width} is not divisible by heads {config.heads}")
+    if len(config.mode_weights) != 3 or sum(config.mode_weights) <= 0 or min(config.mode_weights) < 0:
+        raise ValueError(f"mode_weights must be 3 non-negative weights (state, return, action): {config.mode_weights}")
+    if not config.mask_patterns or any(pattern not in PATTERNS for pattern in config.mask_patterns):
+        raise ValueError(f"mask_patterns must be some of {', '.join(PATTERNS)}, got {config.mask_patterns}")
+    if not config.visible_ratios or not all(0.0 <= r <= 1.0 for r in config.visible_ratios):
+        raise ValueError(f"visible_ratios must be in [0, 1], got {config.visible_ratios}")
+
+
+# --- labelling action-free episodes --------------------------------------------------------------
+@torch.no_grad()
+def label_actions(agent: MTM, episodes: Sequence[Episode], batch_size: int = 8192) -> list[Episode]:
+    """Fill the actions of action-free episodes by MTM's inverse dynamics, a_t from
+    (s_t, s_{t+1}); episodes with actions are returned as they are (the same objects).
+
+    Labelled episodes get ``has_actions`` True and ``metadata["actions_labelled_by"] = "mtm"``.
+    The context is the single transition, so every step is labelled in one batched pass.
+    Train the MTM with the ``"inverse_dynamics"`` mask pattern among its
+    ``mask_patterns``: the autoregressive mask alone rarely shows this context.
+    """
+    if not isinstance(agent, MTM):
+        raise TypeError(f"label_actions needs an MTM agent, got {type(agent).__name__}")
+    if "inverse_dynamics" not in agent.config.mask_patterns:
+        warnings.warn(
+            "label_actions: this MTM was trained without the 'inverse_dynamics' mask pattern; "
+            "its labels are likely poor (set algo.mask_patterns=[autoregressive, inverse_dynamics])",
+            stacklevel=2,
+        )
+    todo = [index for index, episode in enumerate(episodes) if not episode.has_actions]
+    if not todo:
+        return list(episodes)
+    pairs = []
+    for index in todo:
+        observations = episodes[index].observations
+        if isinstance(observations, dict):
+            raise DatasetError(f"episode {index}: label_actions needs array observations, not keys {list(observations)}")
+        observations = np.asarray(observations, dtype=np.float32).reshape(len(episodes[index]) + 1, -1)
+        if observations.shape[1] != agent.obs_dim:
+            raise DatasetError(
+                f"episode {index}: observations have {observations.shape[1]} features; the agent takes {agent.obs_dim}"
+            )
+        pairs.append(np.stack([observations[:-1], observations[1:]], axis=1))  # (T, 2, obs): (s_t, s_{t+1})
+    transitions = torch.from_numpy(np.concatenate(pairs))
+    was_training = agent.training
+    agent.eval()
+    try:
+        labels = torch.cat([
+            agent.inverse_dynamics(chunk.to(agent.device))[:, 0].cpu()
+            for chunk in transitions.split(batch_size)
+        ]).numpy()  # fmt: skip
+    finally:
+        agent.train(was_training)
+    space = agent.action_space
+    labels = np.clip(labels, space.low.reshape(-1), space.high.reshape(-1)).astype(space.dtype)
+    labelled = list(episodes)
+    lengths = [len(episodes[index]) for index in todo]
+    for index, actions in zip(todo, np.split(labels, np.cumsum(lengths)[:-1])):
+        episode = episodes[index]
+        labelled[index] = Episode(
+            observations=episode.observations, actions=actions.reshape(len(episode), *space.shape),
+            rewards=episode.rewards, terminations=episode.terminations, truncations=episode.truncations,
+            infos=episode.infos, metadata={**episode.metadata, "has_actions": True, "actions_labelled_by": "mtm"},
+        )  # fmt: skip
+    return labelled

@@ -101,7 +101,11 @@ class MTMConfig:
     masked_loss_only: bool = False  # loss on hidden tokens only (authors and paper: all tokens)
     return_to_go: str = "average"  # "average": Σ future rewards / steps left (authors' D4RL); "sum": undiscounted
     eval_mode: str = "rcbc"  # policy(): "rcbc" (return-conditioned, the paper's control mode) or "bc"
-    target_return_fraction: float = 1.0  # RCBC target: min + fraction·(max − min) of the data's returns-to-go
+    # Features with a smaller std are centred, not scaled. The authors' tokenizer uses 0.1,
+    # set for D4RL's scales; it leaves Meta-World's positions, which vary by centimetres,
+    # almost constant to the network.
+    min_std: float = 1e-3
+    target_return_fraction: float = 1.0  # RCBC target: min + fraction·(max − min) of the returns-to-go at episode starts
 
 
 # --- masks: (L, 3) booleans, True = visible ---------------------------------------------------
@@ -229,11 +233,11 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def _fit_standardiser(normalizer: Normalizer, data: torch.Tensor) -> None:
+def _fit_standardiser(normalizer: Normalizer, data: torch.Tensor, min_std: float) -> None:
     normalizer.fit(data)
-    # The authors' tokenizer only centres features whose std is below 0.1 (near-constant
-    # features would otherwise be blown up into noise).
-    normalizer.std[normalizer.std < 0.1] = 1.0
+    # Features whose std is below min_std are only centred: near-constant features would
+    # otherwise be blown up into noise.
+    normalizer.std[normalizer.std < min_std] = 1.0
 
 
 @dataclass
@@ -291,11 +295,15 @@ class MTM(Agent):
             returns_to_go = returns_to_go / (end - rows).clamp_min(1)
         self._returns_to_go = returns_to_go.float()[:, None]
         is_step = rows != end
-        _fit_standardiser(self.state_normalizer, dataset.observations[is_step].reshape(int(is_step.sum()), -1))
-        _fit_standardiser(self.return_normalizer, self._returns_to_go[is_step])
-        _fit_standardiser(self.action_normalizer, dataset.actions[dataset.has_actions])
-        step_returns = self._returns_to_go[is_step]
-        low, high = step_returns.min(), step_returns.max()
+        min_std = self.config.min_std
+        _fit_standardiser(self.state_normalizer, dataset.observations[is_step].reshape(int(is_step.sum()), -1), min_std)
+        _fit_standardiser(self.return_normalizer, self._returns_to_go[is_step], min_std)
+        _fit_standardiser(self.action_normalizer, dataset.actions[dataset.has_actions], min_std)
+        # The RCBC target is read at an episode's first step: the returns-to-go seen there
+        # (later steps' are out of reach from a start state: near the goal the average
+        # return-to-go is the goal's reward itself).
+        start_returns = self._returns_to_go[dataset.episode_starts]
+        low, high = start_returns.min(), start_returns.max()
         self.target_return.fill_(float(low + self.config.target_return_fraction * (high - low)))
         # A 40k-step warmup would leave a short run (a test, a quick look) at a tiny rate.
         schedule = self.schedule.lr_lambdas[0]

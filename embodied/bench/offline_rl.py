@@ -1,14 +1,31 @@
-"""Offline RL on Meta-World datasets: BC, IQL and MTM, several seeds, one command.
+"""Offline RL: BC, IQL and MTM on Meta-World (and MuJoCo) datasets, several seeds, one command.
 
     python -m embodied.bench.offline_rl --tasks push-v3 drawer-open-v3 button-press-v3 \
         --qualities medium mixed --algos bc iql mtm --seeds 0 1 2 --steps 10000 --workers 2
 
-For every task and quality the dataset ``metaworld-<task>-<quality>`` is collected once
-(``--episodes`` episodes, seeds from 0); every (task, quality, algorithm, seed) is one
-``embodied.run.fit.train`` run under ``--run-dir``, evaluated ``--evals`` times on
-``--eval-episodes`` episodes. Finished runs are skipped on a rerun. Writes a Markdown
-table (final success rate, mean ± std over seeds, and the dataset's own success rate),
-a CSV of every evaluation, and a plot of success rate against updates.
+For every task and quality the dataset ``<suite>-<task>-<quality>`` is used (Meta-World
+ones are collected once if missing, ``--episodes`` episodes, seeds from 0; others, such
+as a MuJoCo dataset made with ``embodied collect --policy CHECKPOINT``, must exist).
+Every (task, quality, algorithm, seed) is one ``embodied.run.fit.train`` run under
+``--run-dir``, evaluated ``--evals`` times on ``--eval-episodes`` episodes. Finished
+runs are skipped on a rerun. Meta-World is scored by success rate; other suites by
+normalised return, 100·(R − R_random)/(R_expert − R_random) with D4RL's reference
+returns (``REFERENCE_RETURNS``).
+
+``--action-free F`` adds the semi-supervised setting (Zheng et al. 2023, "Semi-Supervised
+Offline RL with Action-Free Trajectories") to every dataset: a fraction F of its
+episodes lose their actions (chosen with seed 0), and two more columns appear:
+``iql-af`` (IQL on the episodes that kept their actions) and ``iql-mtm`` (an MTM
+trained on all episodes labels the missing actions by inverse dynamics, then IQL trains
+on the labelled dataset), to compare with ``iql`` on the full dataset.
+
+``--merge`` keeps the rows of earlier invocations from the CSV beside ``--out`` for the
+(task, quality, algorithm, seed) this invocation does not run, and lists every command
+that made the table; with the same ``--episodes``, ``--steps`` and ``--evals`` the runs
+are comparable (the datasets are collected with fixed seeds).
+
+Writes a Markdown table (final score, mean ± std over seeds, and the dataset's own
+score), a CSV of every evaluation, and a plot of score against updates.
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ import argparse
 import csv
 import multiprocessing
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,16 +44,50 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
+#: MTM sized for one CPU thread. At the paper's size (width 512, batches of 2048
+#: segments) one update takes seconds here (width 512: 0.3 updates/s at 256 segments);
+#: the benchmark keeps the paper's depth (2 encoder + 1 decoder layers), masks, optimiser
+#: and schedule, narrows the transformer, and draws batch_size / L segments, so that an
+#: MTM update sees as many timesteps as a BC or IQL update sees transitions. The narrow
+#: model takes a larger learning rate than the paper's 1e-4 for width 512.
+CPU_SIZES: dict[str, dict] = {"mtm": {"width": 64, "heads": 2, "latent_dim": 16, "learning_rate": 3e-4}}
+#: The MTM that labels action-free episodes also learns inverse dynamics from one transition.
+LABELLER_MASKS = ["autoregressive", "inverse_dynamics"]
+#: D4RL's reference returns (random policy, expert policy), d4rl/infos.py, for normalised scores.
+REFERENCE_RETURNS: dict[str, tuple[float, float]] = {
+    "mujoco/HalfCheetah-v5": (-280.178953, 12135.0),
+    "mujoco/Hopper-v5": (-20.272305, 3234.3),
+    "mujoco/Walker2d-v5": (1.629008, 4592.3),
+}
+COLUMN_TITLES = {"iql-af": "iql, 10 % actions", "iql-mtm": "iql + mtm labels"}
 
-def run_trial(trial: dict) -> dict:
-    """One training run (in a worker process with one torch thread)."""
-    import torch
 
+def env_id_of(task: str) -> str:
+    """``push-v3`` is Meta-World's; other suites are named in full (``mujoco/HalfCheetah-v5``)."""
+    return task if "/" in task else f"metaworld/{task}"
+
+
+def dataset_name(task: str, quality: str) -> str:
+    suite, name = env_id_of(task).split("/", 1)
+    stem = re.sub(r"-v\d+$", "", name).lower()
+    return f"{suite}-{stem}-{quality}"
+
+
+def score(task: str, evaluation: dict) -> float:
+    """Success rate on Meta-World; normalised return (0 random, 100 expert) elsewhere."""
+    env_id = env_id_of(task)
+    if env_id.startswith("metaworld/"):
+        return evaluation.get("eval/success_rate", np.nan)
+    low, high = REFERENCE_RETURNS.get(env_id, (np.nan, np.nan))
+    return 100.0 * (evaluation.get("eval/return", np.nan) - low) / (high - low)
+
+
+def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
+    """One run, or the finished run already on disk; its evaluations."""
     from embodied.run.config import parse
     from embodied.run.fit import run_name, train
 
-    torch.set_num_threads(1)
-    config = parse(trial["config"])
+    config = parse(config_dict)
     run_dir = Path(config.train.run_dir) / run_name(config)
     eval_csv = run_dir / "eval.csv"
     finished = eval_csv.exists() and str(config.train.steps) in eval_csv.read_text().splitlines()[-1].split(",")[0]
@@ -45,7 +97,33 @@ def run_trial(trial: dict) -> dict:
 
             shutil.rmtree(run_dir)  # an unfinished run from an earlier attempt: start it again
         train(config)
-    return {**trial, "run_dir": str(run_dir), "evals": read_evals(eval_csv)}
+    return run_dir, read_evals(eval_csv)
+
+
+def label_with_mtm(labeller_dir: Path, source: str, name: str) -> None:
+    """Write dataset ``name``: ``source`` with its action-free episodes labelled by the MTM."""
+    import embodied
+    from embodied.algos.mtm import label_actions
+    from embodied.data import dataset_path
+    from embodied.data.episodes import dataset_spaces, read_episodes, write_dataset
+
+    if (dataset_path(name) / "data" / "metadata.json").exists():
+        return
+    episodes = label_actions(embodied.load(labeller_dir), list(read_episodes(source)))
+    write_dataset(name, episodes, **dataset_spaces(source), algorithm_name="label-actions",
+                  description=f"{source}, action-free episodes labelled by MTM ({labeller_dir})")  # fmt: skip
+
+
+def run_trial(trial: dict) -> dict:
+    """One trial (in a worker process with one torch thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    if "labeller" in trial:
+        labeller_dir, _ = train_once(trial["labeller"])
+        label_with_mtm(labeller_dir, trial["labeller"]["data"]["name"], trial["config"]["data"]["name"])
+    run_dir, evals = train_once(trial["config"])
+    return {key: trial[key] for key in ("task", "quality", "algo", "seed")} | {"run_dir": str(run_dir), "evals": evals}
 
 
 def read_evals(path: Path) -> list[dict]:
@@ -53,53 +131,98 @@ def read_evals(path: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
 
-def trial_config(task, quality, algo, seed, args) -> dict:
-    algo_section = {"name": algo}
+def trial_config(task: str, algo: str, seed: int, data: str, args, name: str = "") -> dict:
+    mtm = algo == "mtm"
+    algo_section = {"name": algo, **CPU_SIZES.get(algo, {})}
+    steps = args.mtm_steps or args.steps if mtm else args.steps
     return {
         "algo": algo_section,
-        "env": {"id": f"metaworld/{task}"},
-        "data": {"name": f"metaworld-{task.removesuffix('-v3')}-{quality}"},
+        "env": {"id": env_id_of(task)},
+        "data": {"name": data},
         "train": {
-            "steps": args.steps, "batch_size": args.batch_size, "seed": seed,
-            "eval_every": max(1, args.steps // args.evals), "eval_episodes": args.eval_episodes,
-            "log_every": max(1, args.steps // 20), "checkpoint_every": args.steps,
-            "run_dir": str(args.run_dir), "progress": False, "device": "cpu",
+            "steps": steps, "batch_size": args.batch_size // 4 if mtm else args.batch_size, "seed": seed,
+            "eval_every": max(1, steps // args.evals), "eval_episodes": args.eval_episodes,
+            "log_every": max(1, steps // 20), "checkpoint_every": steps,
+            "run_dir": str(args.run_dir), "progress": False, "device": "cpu", "name": name,
         },
     }  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
-    from embodied.data import dataset_path
-    from embodied.data.collect import collect
-    from embodied.data.episodes import dataset_info
+def make_trials(args, datasets: dict) -> list[dict]:
+    trials = []
+    for task in args.tasks:
+        for quality in args.qualities:
+            data = dataset_name(task, quality)
+            for seed in args.seeds:
+                for algo in args.algos:
+                    config = trial_config(task, algo, seed, data, args)
+                    trials.append({"task": task, "quality": quality, "algo": algo, "seed": seed, "config": config})
+                if not args.action_free:
+                    continue
+                stripped = datasets[(task, quality, "stripped")]
+                common = {"task": task, "quality": quality, "seed": seed}
+                trials.append(common | {"algo": "iql-af", "config": trial_config(
+                    task, "iql", seed, stripped, args, name=f"iql-{stripped}-seed{seed}")})  # fmt: skip
+                labeller = trial_config(task, "mtm", seed, stripped, args, name=f"mtm-labeller-{stripped}-seed{seed}")
+                labeller["algo"]["mask_patterns"] = LABELLER_MASKS
+                labeller["train"]["eval_every"] = 0  # its policy is not what is measured
+                labelled = f"{stripped}-mtm-seed{seed}"
+                trials.append(common | {"algo": "iql-mtm", "labeller": labeller, "config": trial_config(
+                    task, "iql", seed, labelled, args, name=f"iql-{labelled}")})  # fmt: skip
+    return trials
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["push-v3", "drawer-open-v3", "button-press-v3"])
-    parser.add_argument("--qualities", nargs="+", default=["medium", "mixed"])
-    parser.add_argument("--algos", nargs="+", default=["bc", "iql", "mtm"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--episodes", type=int, default=100, help="episodes per dataset")
-    parser.add_argument("--steps", type=int, default=10_000, help="gradient updates per run")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--evals", type=int, default=4, help="evaluations per run")
-    parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-offline-rl"))
-    parser.add_argument("--out", type=Path, default=Path("results/offline_rl.md"))
-    args = parser.parse_args(argv)
-    command = "python -m embodied.bench.offline_rl " + " ".join(argv if argv is not None else sys.argv[1:])
+
+def prepare_datasets(args) -> dict:
+    """Collect missing Meta-World datasets; make the action-free copies; their summaries."""
+    from embodied.data import DatasetError, dataset_path
+    from embodied.data.collect import collect
+    from embodied.data.episodes import dataset_info, dataset_spaces, read_episodes, strip_actions, write_dataset
 
     datasets = {}
     for task in args.tasks:
         for quality in args.qualities:
-            name = f"metaworld-{task.removesuffix('-v3')}-{quality}"
+            name = dataset_name(task, quality)
             if not (dataset_path(name) / "data" / "metadata.json").exists():
-                collect(f"metaworld/{task}", args.episodes, name=name, quality=quality, workers=args.workers)
+                if not env_id_of(task).startswith("metaworld/"):
+                    raise DatasetError(f"dataset {name!r} is missing: collect it first (embodied collect "
+                                       f"{env_id_of(task)} --policy CHECKPOINT --name {name})")  # fmt: skip
+                collect(env_id_of(task), args.episodes, name=name, quality=quality, workers=args.workers)
             datasets[(task, quality)] = dataset_info(name)
-    trials = [
-        {"task": t, "quality": q, "algo": a, "seed": s, "config": trial_config(t, q, a, s, args)}
-        for t in args.tasks for q in args.qualities for a in args.algos for s in args.seeds
-    ]  # fmt: skip
+            if args.action_free:
+                stripped = f"{name}-actionfree{round(100 * args.action_free)}"
+                if not (dataset_path(stripped) / "data" / "metadata.json").exists():
+                    episodes = strip_actions(list(read_episodes(name)), args.action_free, seed=0)
+                    write_dataset(stripped, episodes, **dataset_spaces(name), algorithm_name="strip-actions",
+                                  description=f"{name} with {args.action_free:.0%} of episodes action-free")  # fmt: skip
+                datasets[(task, quality, "stripped")] = stripped
+    return datasets
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["push-v3", "drawer-open-v3", "button-press-v3"],
+                        help="Meta-World task names, or env ids of other suites (mujoco/HalfCheetah-v5)")
+    parser.add_argument("--qualities", nargs="+", default=["medium", "mixed"])
+    parser.add_argument("--algos", nargs="+", default=["bc", "iql", "mtm"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per collected dataset")
+    parser.add_argument("--steps", type=int, default=10_000, help="gradient updates per run")
+    parser.add_argument("--mtm-steps", type=int, default=0, help="MTM's gradient updates (default: --steps)")
+    parser.add_argument("--batch-size", type=int, default=256, help="transitions per update (MTM: / 4 segments)")
+    parser.add_argument("--evals", type=int, default=4, help="evaluations per run")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--action-free", type=float, default=0.0, help="also run the action-free setting")
+    parser.add_argument("--merge", action="store_true", help="keep earlier invocations' rows from the CSV")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-offline-rl"))
+    parser.add_argument("--out", type=Path, default=Path("results/offline_rl.md"))
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.action_free < 1.0:
+        parser.error(f"--action-free must be in [0, 1), got {args.action_free}")
+    command = ("python -m embodied.bench.offline_rl " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+
+    datasets = prepare_datasets(args)
+    trials = make_trials(args, datasets)
     results = []
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -107,43 +230,90 @@ def main(argv: list[str] | None = None) -> None:
         for future in as_completed(futures):
             result = future.result()
             results.append(result)
-            final = result["evals"][-1]
+            final = score(result["task"], result["evals"][-1])
             print(f"[{len(results)}/{len(trials)} {time.perf_counter() - start:.0f}s] {result['task']} "
-                  f"{result['quality']} {result['algo']} seed {result['seed']}: "
-                  f"success {final.get('eval/success_rate', float('nan')):.2f}", flush=True)  # fmt: skip
-    write(results, datasets, args, command.strip())
+                  f"{result['quality']} {result['algo']} seed {result['seed']}: score {final:.2f}", flush=True)  # fmt: skip
+    commands = [command]
+    if args.merge:
+        earlier, earlier_commands = read_earlier(args.out)
+        ran = {(r["task"], r["quality"], r["algo"], r["seed"]) for r in results}
+        results += [r for r in earlier if (r["task"], r["quality"], r["algo"], r["seed"]) not in ran]
+        commands = [c for c in earlier_commands if c != command] + commands
+    write(results, args, commands)
     print(args.out.read_text())
 
 
-def write(results: list[dict], datasets: dict, args, command: str) -> None:
+def read_earlier(out: Path) -> tuple[list[dict], list[str]]:
+    """The results and commands of earlier invocations, from the CSV and Markdown at ``out``."""
+    results: dict[tuple, dict] = {}
+    csv_path = out.with_suffix(".csv")
+    if csv_path.exists():
+        with open(csv_path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                key = (row["task"], row["quality"], row["algo"], int(row["seed"]))
+                entry = results.setdefault(key, dict(zip(("task", "quality", "algo", "seed"), key), evals=[]))
+                evaluation = {"step": float(row["step"])}
+                for column, metric in (("success_rate", "eval/success_rate"), ("return", "eval/return")):
+                    if row.get(column, "") != "":
+                        evaluation[metric] = float(row[column])
+                entry["evals"].append(evaluation)
+    commands = re.findall(r"`(python -m embodied\.bench\.offline_rl[^`]*)`", out.read_text()) if out.exists() else []
+    return list(results.values()), list(dict.fromkeys(commands))
+
+
+def write(results: list[dict], args, commands: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from embodied.data.episodes import dataset_info
+
     groups: dict[tuple, list[dict]] = {}
     for result in results:
         groups.setdefault((result["task"], result["quality"], result["algo"]), []).append(result)
+    tasks = list(dict.fromkeys([*args.tasks, *(r["task"] for r in results)]))
+    qualities = list(dict.fromkeys([*args.qualities, *(r["quality"] for r in results)]))
+    algos = list(dict.fromkeys([*args.algos, *(r["algo"] for r in results)]))
+    panels = [(t, q) for t in tasks for q in qualities if any((t, q, a) in groups for a in algos)]
+
+    def data_score(task: str, quality: str) -> float:
+        try:
+            info = dataset_info(dataset_name(task, quality))
+        except Exception:  # noqa: BLE001 - a merged row whose dataset is not on this machine
+            return float("nan")
+        if env_id_of(task).startswith("metaworld/"):
+            return info.get("success_rate", float("nan"))
+        return score(task, {"eval/return": info["return_mean"]})
+
+    seeds = sorted({r["seed"] for r in results})
     lines = [
-        "# Offline RL on Meta-World: BC, IQL and MTM",
+        "# Offline RL: BC, IQL and MTM",
         "",
-        f"Made by `{command}` ({time.strftime('%Y-%m-%d')}, CPU, one torch thread per run). "
-        f"Datasets of {args.episodes} episodes each (quality levels: see `embodied.data.collect`); "
-        f"{args.steps} gradient updates, batch {args.batch_size}; success rate of the final policy over "
-        f"{args.eval_episodes} evaluation episodes, mean ± std over seeds {', '.join(map(str, args.seeds))}.",
+        "Made by (each invocation runs its trials; later ones keep the earlier rows, `--merge`):",
         "",
-        "| task | data | data success | " + " | ".join(args.algos) + " |",
-        "|---|---|---:|" + "---:|" * len(args.algos),
+        *[f"- `{c}`" for c in commands],
+        "",
+        f"{time.strftime('%Y-%m-%d')}, CPU, one torch thread per run. Datasets of {args.episodes} episodes "
+        f"(quality levels: see `embodied.data.collect`); each command's `--steps` gradient updates (MTM: `--mtm-steps`) of "
+        f"{args.batch_size} transitions (MTM: a quarter as many segments of 4 steps, and narrowed to width 64 for the CPU, see "
+        "`CPU_SIZES` in `embodied/bench/offline_rl.py`). Score of the final policy over "
+        f"{args.eval_episodes} evaluation episodes, mean ± std over seeds {', '.join(map(str, seeds))}: "
+        "success rate on Meta-World, D4RL-normalised return (0 random, 100 expert) elsewhere. "
+        "`iql-af`: IQL on the dataset with 90 % of its episodes action-free (it learns from the rest); "
+        "`iql-mtm`: the same, after an MTM trained on the whole action-free dataset labelled the missing "
+        "actions by inverse dynamics.",
+        "",
+        "| task | data | data score | " + " | ".join(COLUMN_TITLES.get(a, a) for a in algos) + " |",
+        "|---|---|---:|" + "---:|" * len(algos),
     ]
-    for task in args.tasks:
-        for quality in args.qualities:
-            cells = []
-            for algo in args.algos:
-                finals = [r["evals"][-1].get("eval/success_rate", np.nan) for r in groups.get((task, quality, algo), [])]
-                cells.append(f"{np.mean(finals):.2f} ± {np.std(finals):.2f}" if finals else "—")
-            data_success = datasets[(task, quality)].get("success_rate", float("nan"))
-            lines.append(f"| {task} | {quality} | {data_success:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", f"![success rate against updates]({args.out.with_suffix('.png').name})", ""]
+    for task, quality in panels:
+        cells = []
+        for algo in algos:
+            finals = [score(task, r["evals"][-1]) for r in groups.get((task, quality, algo), [])]
+            cells.append(f"{np.mean(finals):.2f} ± {np.std(finals):.2f}" if finals else "—")
+        lines.append(f"| {task} | {quality} | {data_score(task, quality):.2f} | " + " | ".join(cells) + " |")
+    lines += ["", f"![score against updates]({args.out.with_suffix('.png').name})", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
 
@@ -155,22 +325,20 @@ def write(results: list[dict], datasets: dict, args, command: str) -> None:
                 writer.writerow([result["task"], result["quality"], result["algo"], result["seed"], int(row["step"]),
                                  row.get("eval/success_rate", ""), row.get("eval/return", "")])  # fmt: skip
 
-    panels = [(t, q) for t in args.tasks for q in args.qualities]
-    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False, sharey=True)
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
     for axis, (task, quality) in zip(axes[0], panels):
-        for algo in args.algos:
+        for algo in algos:
             runs = groups.get((task, quality, algo), [])
             if not runs:
                 continue
             steps = [row["step"] for row in runs[0]["evals"]]
-            curves = np.array([[row.get("eval/success_rate", np.nan) for row in r["evals"]] for r in runs])
+            curves = np.array([[score(task, row) for row in r["evals"]] for r in runs])
             mean, std = curves.mean(0), curves.std(0)
-            axis.plot(steps, mean, marker="o", label=algo)
+            axis.plot(steps, mean, marker="o", label=COLUMN_TITLES.get(algo, algo))
             axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
         axis.set_title(f"{task} / {quality}", fontsize=9)
         axis.set_xlabel("updates")
-        axis.set_ylim(-0.05, 1.05)
-    axes[0][0].set_ylabel("success rate")
+        axis.set_ylabel("success rate" if env_id_of(task).startswith("metaworld/") else "normalised return")
     axes[0][-1].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(args.out.with_suffix(".png"), dpi=110)

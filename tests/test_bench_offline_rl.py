@@ -1,0 +1,40 @@
+"""The offline RL benchmark end to end at a toy size: MTM labelling of action-free episodes, merging."""
+
+import csv
+
+import numpy as np
+
+from embodied.bench import offline_rl
+
+
+def test_dataset_names_and_scores():
+    assert offline_rl.dataset_name("push-v3", "medium") == "metaworld-push-medium"
+    assert offline_rl.dataset_name("mujoco/HalfCheetah-v5", "medium") == "mujoco-halfcheetah-medium"
+    assert offline_rl.score("push-v3", {"eval/success_rate": 0.5, "eval/return": 900.0}) == 0.5
+    low, high = offline_rl.REFERENCE_RETURNS["mujoco/HalfCheetah-v5"]
+    assert np.isclose(offline_rl.score("mujoco/HalfCheetah-v5", {"eval/return": (low + high) / 2}), 50.0)
+
+
+def test_action_free_pipeline_and_merge(tmp_path, monkeypatch):
+    from embodied.data.episodes import read_episodes
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    out = tmp_path / "results" / "offline.md"
+    common = ["--tasks", "reach-v3", "--qualities", "mixed", "--seeds", "0", "--episodes", "4", "--steps", "4",
+              "--evals", "1", "--eval-episodes", "1", "--workers", "1", "--run-dir", str(tmp_path / "runs"),
+              "--out", str(out)]  # fmt: skip
+    offline_rl.main([*common, "--algos", "bc"])
+    offline_rl.main([*common, "--algos", "mtm", "--action-free", "0.5", "--merge"])
+
+    stripped = list(read_episodes("metaworld-reach-mixed-actionfree50"))
+    labelled = list(read_episodes("metaworld-reach-mixed-actionfree50-mtm-seed0"))
+    assert sum(not e.has_actions for e in stripped) == 2
+    assert all(e.has_actions for e in labelled)
+    assert sum(e.metadata.get("actions_labelled_by") == "mtm" for e in labelled) == 2
+
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        algos = {row["algo"] for row in csv.DictReader(handle)}
+    assert algos == {"bc", "mtm", "iql-af", "iql-mtm"}  # the first invocation's bc row is kept
+    text = out.read_text()
+    assert text.count("`python -m embodied.bench.offline_rl") == 2 and "iql + mtm labels" in text
+    assert out.with_suffix(".png").exists()

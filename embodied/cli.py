@@ -8,7 +8,7 @@
     embodied dataset list | info NAME | import FORMAT SOURCE --name NAME
                      | export NAME FORMAT PATH | strip-actions NAME --fraction F --name-out NEW
                      | label-actions NAME --checkpoint RUN_DIR_OR_FILE --name-out NEW
-    embodied train CONFIG.yaml [--set key=value ...] | --resume RUN_DIR
+    embodied train CONFIG.yaml [--set key=value ...] [--reward-code FILE] | --resume RUN_DIR
     embodied eval CHECKPOINT --episodes N [--video PATH] [--seed S]
     embodied reward check ENV_ID FILE [--steps N] [--seed S] [--json]
     embodied reward generate ENV_ID "INSTRUCTION" [--model NAME] [--base-url URL] [--few-shot K]
@@ -56,7 +56,7 @@ def cmd_envs(args: argparse.Namespace) -> int:
         if suite not in SUITES:
             raise embodied.EnvOptionError(f"unknown suite {suite!r}; valid: {', '.join(SUITES)}")
     rows = []
-    for env_id in (i for s in suites for i in embodied.env_ids(s)):
+    for env_id in (i for s in suites for i in embodied.env_ids(s, benchmarks=True)):
         try:
             env = embodied.make(env_id, render_mode=None)
             rows.append((env_id, _space(env.observation_space), _space(env.action_space)))
@@ -195,18 +195,33 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from embodied.algos import agent_class
     from embodied.run import config as run_config
     from embodied.run.fit import train
 
     if args.resume:
-        if args.config or args.set:
-            raise run_config.ConfigError("--resume continues a run with its saved config: give no CONFIG or --set")
+        if args.config or args.set or args.reward_code:
+            raise run_config.ConfigError("--resume continues a run with its saved config (and reward program): "
+                                         "give no CONFIG, --set or --reward-code")  # fmt: skip
         run_dir = train(resume=args.resume)
     else:
         if not args.config:
             raise run_config.ConfigError("give a CONFIG.yaml (see configs/) or --resume RUN_DIR")
-        run_dir = train(run_config.load(args.config, args.set or []))
+        config = run_config.load(args.config, args.set or [])
+        if args.reward_code:
+            program = Path(args.reward_code)
+            if not program.is_file():
+                raise FileNotFoundError(f"--reward-code: no such file {args.reward_code!r}")
+            if not agent_class(run_config.algo_name(config.algo)).online:
+                raise run_config.ConfigError(f"--reward-code replaces the reward the agent learns from, but "
+                                             f"{run_config.algo_name(config.algo)} learns from a dataset: use an "
+                                             "online algorithm (sac, ppo)")  # fmt: skip
+            config.env.options["reward_code"] = str(program.resolve())
+        run_dir = train(config)
     print(f"run: {run_dir}")
+    if (run_dir / "reward_code" / "v1.py").exists():
+        print(f"reward program: {run_dir / 'reward_code' / 'v1.py'} "
+              f"(refine it: embodied reward refine {run_dir} \"FEEDBACK\")")  # fmt: skip
     eval_csv = run_dir / "eval.csv"
     if eval_csv.exists():
         last = eval_csv.read_text().strip().splitlines()
@@ -222,6 +237,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "success_rate" in summary:
         line += f", success rate {summary['success_rate']:.2f}"
     print(line + f" over {args.episodes} episodes")
+    for task, rate in summary.get("success_rate_by_task", {}).items():
+        print(f"  {task}: success rate {rate:.2f}")
     if args.json:
         print(json.dumps(summary))
     return 0
@@ -439,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config", nargs="?", metavar="CONFIG.yaml")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. algo.expectile=0.8")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    tr.add_argument("--reward-code", metavar="FILE",
+                    help="online algorithms: learn from this reward program (Text2Reward; sets env.options.reward_code "
+                         "and copies it to RUN_DIR/reward_code/v1.py)")  # fmt: skip
     tr.set_defaults(run=cmd_train)
 
     ev = commands.add_parser("eval", help="evaluate a checkpoint (file or run directory) in its env")

@@ -9,20 +9,27 @@ import importlib
 
 from embodied.algos.base import Agent
 
-#: algorithm name -> "module:Class" (imported on first use)
+#: offline algorithms (learn from a dataset): name -> "module:Class" (imported on first use)
 ALGOS: dict[str, str] = {
     "bc": "embodied.algos.bc:BC",
     "iql": "embodied.algos.iql:IQL",
     "mtm": "embodied.algos.mtm:MTM",
 }
 
+#: online algorithms (learn from their own env steps; no dataset): name -> "module:Class"
+ONLINE_ALGOS: dict[str, str] = {
+    "sac": "embodied.algos.sb3:SAC",
+    "ppo": "embodied.algos.sb3:PPO",
+}
+
 
 def agent_class(name: str) -> type[Agent]:
-    if name not in ALGOS:
+    known = {**ALGOS, **ONLINE_ALGOS}
+    if name not in known:
         from embodied.run.config import ConfigError
 
-        raise ConfigError(f"unknown algorithm {name!r}; valid: {', '.join(sorted(ALGOS))}")
-    module, cls = ALGOS[name].split(":")
+        raise ConfigError(f"unknown algorithm {name!r}; valid: {', '.join(sorted(known))}")
+    module, cls = known[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -30,4 +37,4 @@ def config_class(name: str) -> type:
     return agent_class(name).Config
 
 
-__all__ = ["ALGOS", "Agent", "agent_class", "config_class"]
+__all__ = ["ALGOS", "ONLINE_ALGOS", "Agent", "agent_class", "config_class"]

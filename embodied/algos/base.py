@@ -21,6 +21,7 @@ class Agent(nn.Module):
 
     Config: ClassVar[type]
     name: ClassVar[str]
+    online: ClassVar[bool] = False  # learns from its own env steps (embodied.run.online), not a dataset
 
     def __init__(self, config: Any, observation_space: gym.Space, action_space: gym.Space, device: str | torch.device):
         super().__init__()

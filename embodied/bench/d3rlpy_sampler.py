@@ -11,7 +11,6 @@ import json
 import time
 
 import h5py
-import numpy as np
 
 
 def rate(fn, seconds: float) -> float:

@@ -15,11 +15,9 @@ import argparse
 import csv
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 

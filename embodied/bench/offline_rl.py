@@ -32,17 +32,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import multiprocessing
 import os
 import re
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
+
+from embodied.bench import run_trials  # noqa: E402
 
 #: MTM sized for one CPU thread. At the paper's size (width 512, batches of 2048
 #: segments) one update takes seconds here (width 512: 0.3 updates/s at 256 segments);
@@ -223,16 +223,8 @@ def main(argv: list[str] | None = None) -> None:
 
     datasets = prepare_datasets(args)
     trials = make_trials(args, datasets)
-    results = []
-    start = time.perf_counter()
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_trial, trial) for trial in trials]
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            final = score(result["task"], result["evals"][-1])
-            print(f"[{len(results)}/{len(trials)} {time.perf_counter() - start:.0f}s] {result['task']} "
-                  f"{result['quality']} {result['algo']} seed {result['seed']}: score {final:.2f}", flush=True)  # fmt: skip
+    results = run_trials(run_trial, trials, args.workers, lambda r: (
+        f"{r['task']} {r['quality']} {r['algo']} seed {r['seed']}: score {score(r['task'], r['evals'][-1]):.2f}"))
     commands = [command]
     if args.merge:
         earlier, earlier_commands = read_earlier(args.out)

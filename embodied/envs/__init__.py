@@ -18,7 +18,8 @@ import gymnasium as gym
 
 from embodied.envs.wrappers import COMMON_OPTIONS, EnvOptionError, closest
 
-#: suite name -> module implementing it (``TASKS``, ``MAX_EPISODE_STEPS``, ``make_env``).
+#: suite name -> module implementing it (``TASKS``, ``MAX_EPISODE_STEPS``, ``make_env``, and
+#: optionally ``BENCHMARKS``: multi-task envs such as ``metaworld/mt10``, made by the same ``make_env``).
 SUITES: dict[str, str] = {
     "metaworld": "embodied.envs.metaworld",
     "mujoco": "embodied.envs.mujoco",
@@ -46,17 +47,23 @@ def gym_id(short_id: str) -> str:
     return f"{NAMESPACE}/{suite}-{task}"
 
 
-def env_ids(suite: str | None = None) -> list[str]:
-    """Every short env id, optionally of one suite, in registration order."""
+def _tasks(suite: str, benchmarks: bool) -> tuple[str, ...]:
+    module = suite_module(suite)
+    return (*module.TASKS, *(getattr(module, "BENCHMARKS", {}) if benchmarks else ()))
+
+
+def env_ids(suite: str | None = None, benchmarks: bool = False) -> list[str]:
+    """Every short env id, optionally of one suite, in registration order; with
+    ``benchmarks``, the multi-task envs too (``metaworld/mt10``)."""
     suites = [suite] if suite else list(SUITES)
-    return [f"{s}/{task}" for s in suites for task in suite_module(s).TASKS]
+    return [f"{s}/{task}" for s in suites for task in _tasks(s, benchmarks)]
 
 
 def register() -> None:
-    """Register every suite's tasks with Gymnasium (idempotent)."""
+    """Register every suite's tasks and benchmarks with Gymnasium (idempotent)."""
     for suite in SUITES:
         module = suite_module(suite)
-        for task in module.TASKS:
+        for task in _tasks(suite, benchmarks=True):
             env_id = gym_id(f"{suite}/{task}")
             if env_id in gym.registry:
                 continue
@@ -80,7 +87,7 @@ def resolve(env_id: str) -> str:
         candidate = gym_id(env_id)
     if candidate in gym.registry:
         return candidate
-    ids = env_ids()
+    ids = env_ids(benchmarks=True)
     near = closest(env_id, ids, n=5)
     hint = f" Closest valid ids: {', '.join(near)}." if near else ""
     suites = ", ".join(SUITES)

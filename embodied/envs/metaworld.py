@@ -14,6 +14,10 @@ if it was ever true. Episodes are truncated at 500 steps (``max_episode_steps``)
 the env refuses, with a clear error, to step past truncation.
 
 Cameras: topview, corner, corner2, corner3, corner4, behindGripper, gripperPOV.
+
+Multi-task: ``metaworld/mt10`` is Meta-World's MT10 (Yu et al. 2019) as one env for one
+policy: each reset runs one of the 10 tasks and the observation ends with the task's
+one-hot (:class:`MultiTaskEnv`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ TASKS: tuple[str, ...] = (
     "reach-wall-v3", "shelf-place-v3", "sweep-into-v3", "sweep-v3", "window-open-v3",
     "window-close-v3",
 )  # fmt: skip
+
+#: Multi-task benchmarks: id -> tasks, in the order of their one-hot (Meta-World's MT10_V3).
+BENCHMARKS: dict[str, tuple[str, ...]] = {
+    "mt10": (
+        "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3",
+    ),
+}  # fmt: skip
 
 MAX_EPISODE_STEPS = 500  # Meta-World's own limit: its env raises if stepped past it
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
@@ -141,17 +153,75 @@ class MetaWorldEnv(gym.Env):
         self.sim.close()
 
 
+class MultiTaskEnv(gym.Env):
+    """Several Meta-World tasks behind one env, for one policy (Meta-World's MT benchmarks).
+
+    Each reset runs one task; the observation is that task's 39 floats followed by the
+    task's one-hot. ``reset(seed=s)`` runs task ``s mod n`` with positions drawn from
+    ``s``; ``reset()`` runs the next task in turn with positions from the env's own
+    generator. So consecutive seeds, like unseeded resets, go round the tasks in turn
+    (the online trainer seeds its episodes consecutively). ``info["task"]`` names the task,
+    at reset and every step, and evaluation reports success per task from it.
+    """
+
+    metadata = MetaWorldEnv.metadata
+
+    def __init__(self, tasks: tuple[str, ...], **task_options: Any):
+        self.tasks = tuple(tasks)
+        self.envs = [MetaWorldEnv(task, **task_options) for task in self.tasks]
+        self.render_mode = task_options.get("render_mode")
+        count = len(self.tasks)
+        # Goal bounds differ between tasks: the space covers them all.
+        low = np.min([env.observation_space.low for env in self.envs], axis=0)
+        high = np.max([env.observation_space.high for env in self.envs], axis=0)
+        self.observation_space = gym.spaces.Box(
+            np.concatenate([low, np.zeros(count, np.float32)]),
+            np.concatenate([high, np.ones(count, np.float32)]),
+            dtype=np.float32,
+        )
+        self.action_space = self.envs[0].action_space
+        self.one_hots = np.eye(count, dtype=np.float32)
+        self.task_index = -1
+
+    @property
+    def current(self) -> MetaWorldEnv:
+        return self.envs[max(self.task_index, 0)]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.task_index = seed % len(self.tasks) if seed is not None else (self.task_index + 1) % len(self.tasks)
+        obs, info = self.current.reset(seed=int(self.np_random.integers(2**31)))
+        return self._observation(obs), {**info, "task": self.tasks[self.task_index]}
+
+    def step(self, action):
+        if self.task_index < 0:
+            raise RuntimeError("metaworld multi-task env: call reset() before step()")
+        obs, reward, terminated, truncated, info = self.current.step(action)
+        return self._observation(obs), reward, terminated, truncated, {**info, "task": self.tasks[self.task_index]}
+
+    def _observation(self, obs: np.ndarray) -> np.ndarray:
+        return np.concatenate([obs, self.one_hots[self.task_index]])
+
+    def render(self):
+        return self.current.render()
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
 def make_env(task: str, **options: Any) -> gym.Env:
-    """Build ``metaworld/<task>``; options as in :func:`embodied.make`, plus ``goal_observable``."""
+    """Build ``metaworld/<task>`` (or a benchmark of :data:`BENCHMARKS`, e.g. ``metaworld/mt10``);
+    options as in :func:`embodied.make`, plus ``goal_observable``."""
     common, specific = split_options("metaworld", options, {**SUITE_OPTIONS, "max_episode_steps": MAX_EPISODE_STEPS})
-    env = MetaWorldEnv(
-        task,
+    task_options = dict(
         goal_observable=specific["goal_observable"],
         render_mode=common["render_mode"],
         image_size=common["image_size"],
         camera=common["camera"],
         max_episode_steps=specific["max_episode_steps"],
     )
+    env = MultiTaskEnv(BENCHMARKS[task], **task_options) if task in BENCHMARKS else MetaWorldEnv(task, **task_options)
     return apply_options(env, common)
 
 

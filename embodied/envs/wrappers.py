@@ -3,11 +3,12 @@
 Every suite's factory builds its bare simulator env (which must render ``image_size``
 frames from ``camera`` through ``render()``) and hands it to :func:`apply_options`, so
 ``obs``, ``image_size``, ``camera``, ``distractors``, ``frame_stack``,
-``action_repeat`` and ``reward_code`` mean the same thing everywhere. The order is
-fixed: a reward program innermost (it reads the simulator's state after each step, and
-action repeat then sums its rewards; :mod:`embodied.envs.reward`), then action repeat (a
-frame is rendered once per agent step, not per simulator step), then pixel
-observations, then distractors on those pixels, then frame stacking.
+``action_repeat``, ``reward`` and ``reward_code`` mean the same thing everywhere. The
+order is fixed: a reward program or the sparse reward innermost (a program reads the
+simulator's state after each step, and action repeat then sums its rewards;
+:mod:`embodied.envs.reward`), then action repeat (a frame is rendered once per agent
+step, not per simulator step), then pixel observations, then distractors on those
+pixels, then frame stacking.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 OBS_MODES = ("state", "pixels", "state+pixels")
+REWARDS = ("env", "sparse")
 
 #: Options every suite accepts, with their defaults.
 COMMON_OPTIONS: dict[str, Any] = {
@@ -29,6 +31,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     "frame_stack": 1,
     "action_repeat": 1,
     "render_mode": "rgb_array",
+    "reward": "env",  # "env": the env's own reward; "sparse": 1.0 on steps where info["success"], else 0.0
     "reward_code": None,  # a Text2Reward program (path or text) replacing the env's reward
     "reward_code_options": None,  # its fallback, timeout_s, memory_mb, on_error (embodied.envs.reward)
 }
@@ -99,6 +102,10 @@ def _check_common(common: dict[str, Any]) -> None:
         )
     if common["obs"] != "state" and common["render_mode"] is None:
         raise EnvOptionError(f"obs={common['obs']!r} needs frames: leave render_mode as 'rgb_array', not None")
+    if common["reward"] not in REWARDS:
+        raise EnvOptionError(f"reward must be one of {', '.join(REWARDS)}; got {common['reward']!r}")
+    if common["reward"] != "env" and common["reward_code"] is not None:
+        raise EnvOptionError(f"reward={common['reward']!r} and reward_code both replace the env's reward: give one")
     if common["distractors"] and common["obs"] == "state":
         raise EnvOptionError(
             "distractors change what the agent sees, so they need pixel observations: "
@@ -136,6 +143,26 @@ class ActionRepeat(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
+class SparseReward(gym.Wrapper):
+    """Reward 1.0 on the steps where ``info["success"]`` is true, else 0.0 (the ``reward="sparse"`` option).
+
+    The env's own reward stays in ``info["env_reward"]``, as under a reward program.
+    """
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, {**info, "env_reward": 0.0}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if "success" not in info:
+            raise EnvOptionError(
+                f"reward='sparse' is the success signal, but {type(self.env.unwrapped).__name__} reports no "
+                "info['success'] (Meta-World, robomimic and nav envs do)"
+            )
+        return obs, float(bool(info["success"])), terminated, truncated, {**info, "env_reward": float(reward)}
+
+
 class PixelObservation(gym.ObservationWrapper):
     """Replace (``pixels``) or extend (``state+pixels``) the observation with a frame.
 
@@ -168,6 +195,8 @@ def apply_options(env: gym.Env, common: dict[str, Any]) -> gym.Env:
         env = wrap_reward_code(env, common["reward_code"], common["reward_code_options"])
     elif common["reward_code_options"] is not None:
         raise EnvOptionError("reward_code_options was given without reward_code")
+    if common["reward"] == "sparse":
+        env = SparseReward(env)
     if common["action_repeat"] > 1:
         env = ActionRepeat(env, common["action_repeat"])
     if common["obs"] != "state":

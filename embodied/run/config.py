@@ -3,8 +3,8 @@
 A run config has four sections::
 
     algo:  {name: iql, expectile: 0.7, ...}        # the algorithm's own config dataclass
-    env:   {id: metaworld/push-v3, options: {}}    # where it is evaluated
-    data:  {name: metaworld-push-medium, collect: {quality: medium, episodes: 100}}
+    env:   {id: metaworld/push-v3, options: {}}    # where it is evaluated (online: also trained)
+    data:  {name: metaworld-push-medium, collect: {quality: medium, episodes: 100}}   # offline only
     train: {steps: 100000, batch_size: 256, seed: 0, ...}
 
 Overrides use dotted keys: ``--set algo.expectile=0.8 --set train.steps=1000``. An
@@ -46,19 +46,21 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop (shared by every offline algorithm)."""
+    """The training loop. Offline algorithms count gradient updates; online ones (SAC,
+    PPO) count env steps in ``steps``, ``eval_every``, ``log_every`` and ``checkpoint_every``,
+    and take their batch size from the algo section."""
 
-    steps: int = 100_000  # gradient updates
-    batch_size: int = 256  # transitions per update
+    steps: int = 100_000  # gradient updates (offline) or env steps (online)
+    batch_size: int = 256  # transitions per update (offline only)
     seed: int = 0  # seeds python, numpy, torch, the sampler and evaluation envs
     device: str = "auto"  # "auto" picks CUDA when present
-    eval_every: int = 10_000  # updates between evaluations (0: only at the end)
+    eval_every: int = 10_000  # steps between evaluations (0: only at the end)
     eval_episodes: int = 10  # episodes per evaluation
-    log_every: int = 1_000  # updates between logged training metrics
-    checkpoint_every: int = 10_000  # updates between checkpoints (always one at the end)
+    log_every: int = 1_000  # steps between logged training metrics
+    checkpoint_every: int = 10_000  # steps between checkpoints (always one at the end)
     run_dir: str = "runs"  # runs are written to <run_dir>/<name>
     name: str = ""  # run name; default: <algo>-<dataset>-seed<seed>
-    compile: bool = False  # torch.compile the update step (CUDA; off on CPU by default)
+    compile: bool = False  # torch.compile the update step (offline only; CUDA; off on CPU by default)
     wandb: bool = False  # also log to Weights & Biases
     progress: bool = True  # progress bar on a terminal
 
@@ -71,9 +73,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
+        from embodied.algos import agent_class
+
         out = dataclasses.asdict(self)
         out["algo"] = {"name": algo_name(self.algo), **out["algo"]}
+        if agent_class(out["algo"]["name"]).online:  # leave out what does not apply, so config.yaml reads true
+            del out["data"]
+            out["train"] = {k: v for k, v in out["train"].items() if k not in OFFLINE_TRAIN_KEYS}
         return out
+
+
+#: TrainConfig keys that online algorithms do not use.
+OFFLINE_TRAIN_KEYS = ("batch_size", "compile")
 
 
 def algo_name(config: Any) -> str:
@@ -156,7 +167,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def parse(raw: Mapping[str, Any]) -> RunConfig:
     """A RunConfig from a raw mapping (a YAML file's contents after overrides)."""
-    from embodied.algos import config_class
+    from embodied.algos import agent_class, config_class
 
     sections = {"algo", "env", "data", "train"}
     for key in raw:
@@ -164,14 +175,41 @@ def parse(raw: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(f"unknown top-level key '{key}'. Valid keys: {', '.join(sorted(sections))}")
     algo_values = dict(raw.get("algo") or {})
     if "name" not in algo_values:
-        raise ConfigError("algo.name is missing (e.g. iql, bc, mtm)")
-    algo_config = build(config_class(algo_values.pop("name")), algo_values, "algo")
+        raise ConfigError("algo.name is missing (e.g. iql, bc, mtm, sac, ppo)")
+    name = algo_values.pop("name")
+    algo_config = build(config_class(name), algo_values, "algo")
+    train_config = build(TrainConfig, raw.get("train") or {}, "train")
+    if agent_class(name).online:
+        check_online(agent_class(name), raw, algo_config, train_config)
     return RunConfig(
         algo=algo_config,
         env=build(EnvConfig, raw.get("env") or {}, "env"),
         data=build(DataConfig, raw.get("data") or {}, "data"),
-        train=build(TrainConfig, raw.get("train") or {}, "train"),
+        train=train_config,
     )
+
+
+def check_online(cls, raw: Mapping[str, Any], algo: Any, train: TrainConfig) -> None:
+    """What an online algorithm's config must also satisfy: no dataset keys (they would be
+    silently ignored), and a schedule it can keep (it can pause to evaluate or save only
+    between its rounds of env steps)."""
+    defaults = {"train": TrainConfig(), "data": DataConfig()}
+    unused = [f"{section}.{key}" for section in ("train", "data") for key, value in (raw.get(section) or {}).items()
+              if (section == "data" or key in OFFLINE_TRAIN_KEYS) and value != getattr(defaults[section], key, None)]  # fmt: skip
+    if unused:
+        raise ConfigError(f"{', '.join(unused)}: not used by {cls.name}, which learns online from its own env steps "
+                          f"(no dataset; its batch size is algo.batch_size)")  # fmt: skip
+    for key in ("steps", "log_every", "checkpoint_every", "eval_every"):
+        if getattr(train, key) < (0 if key == "eval_every" else 1):
+            raise ConfigError(f"train.{key} must be >= {0 if key == 'eval_every' else 1}, got {getattr(train, key)}")
+    unit = cls.iteration_steps(algo)
+    if unit < 1:
+        raise ConfigError(f"{cls.iteration_key} must be >= 1, got {unit}")
+    for key in ("steps", "eval_every", "checkpoint_every"):
+        value = getattr(train, key)
+        if value % unit:
+            raise ConfigError(f"train.{key}={value} is not a multiple of {unit}, the env steps {cls.name} takes "
+                              f"between updates ({cls.iteration_key}); training can only pause there")  # fmt: skip
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

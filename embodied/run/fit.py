@@ -1,5 +1,9 @@
 """The training loop every offline algorithm shares: data, updates, logs, evaluation, checkpoints.
 
+``train`` hands online algorithms (``embodied.algos.ONLINE_ALGOS``: SAC, PPO) to
+:mod:`embodied.run.online`, which shares the run directory, logs, evaluation and
+checkpoint format.
+
 ``train(config)`` makes ``<train.run_dir>/<name>/`` holding ``config.yaml`` (the resolved
 config), ``train.csv`` / ``eval.csv`` / ``tensorboard/`` and ``checkpoints/step_N.pt``.
 ``train(config, resume=run_dir)`` continues a killed run from its last checkpoint; on
@@ -56,14 +60,31 @@ def ensure_dataset(config: RunConfig) -> str:
 
 
 def evaluate(agent, env, episodes: int, seed: int) -> dict[str, float]:
-    """Deterministic-policy episodes; success if ``info['success']`` was ever true."""
+    """Deterministic-policy episodes; success if ``info['success']`` was ever true.
+
+    In a multi-task env (one whose reset info names the ``task``, e.g. ``metaworld/mt10``)
+    also ``eval/success_rate/<task>`` per task, and ``eval/success_rate`` is their mean.
+    """
     from embodied.run.rollout import rollout
 
     result = rollout(env, agent.act, episodes, seed=seed)
     metrics = {"eval/return": result.mean_return, "eval/length": float(np.mean(result.lengths))}
     if result.has_success:
         metrics["eval/success_rate"] = result.success_rate
+        by_task = result.success_by_task()
+        if by_task:
+            metrics.update({f"eval/success_rate/{task}": rate for task, rate in by_task.items()})
+            metrics["eval/success_rate"] = float(np.mean(list(by_task.values())))
     return metrics
+
+
+#: Env options that change the reward the agent learns from. Evaluation leaves them out,
+#: so ``eval/return`` is always the env's own return, comparable across reward choices.
+REWARD_OPTIONS = ("reward", "reward_code", "reward_code_options")
+
+
+def evaluation_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in options.items() if key not in REWARD_OPTIONS}
 
 
 def run_name(config: RunConfig) -> str:
@@ -72,25 +93,51 @@ def run_name(config: RunConfig) -> str:
     if config.train.name:
         return config.train.name
     data = config.data.name.replace("/", "-") or config.env.id.replace("/", "-")
-    return f"{algo_name(config.algo)}-{data}-seed{config.train.seed}"
+    options = config.env.options
+    # Runs of one config with different rewards must not collide.
+    reward = ""
+    if options.get("reward_code"):
+        reward = "-reward_code"
+    elif options.get("reward", "env") != "env":
+        reward = f"-{options['reward']}"
+    return f"{algo_name(config.algo)}-{data}{reward}-seed{config.train.seed}"
+
+
+def open_run(config: RunConfig | None, resume: str | Path | None) -> tuple[RunConfig, Path, dict | None]:
+    """The run's config, its directory and, when resuming, its latest checkpoint.
+
+    A new run gets ``<train.run_dir>/<name>/config.yaml``; a directory that already holds
+    checkpoints is refused (resume it instead), so no run is overwritten.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = run_dir / "config.yaml"
+        if not saved.exists():
+            raise FileNotFoundError(f"cannot resume: {saved} does not exist")
+        return parse(yaml.safe_load(saved.read_text())), run_dir, checkpoint.read(checkpoint.latest(run_dir))
+    if config is None:
+        raise ValueError("give a config or a run directory to resume")
+    run_dir = Path(config.train.run_dir) / run_name(config)
+    if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, or rename")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return config, run_dir, None
 
 
 def train(config: RunConfig | None = None, resume: str | Path | None = None) -> Path:
-    """Train an agent offline; returns its run directory."""
+    """Train an agent (offline, or online for SAC/PPO); returns its run directory."""
     import embodied
     from embodied.algos import agent_class
     from embodied.data import load_dataset
     from embodied.data.dataset import resolve_device
     from embodied.run.config import algo_name
 
-    if resume is not None:
-        run_dir = Path(resume)
-        saved = run_dir / "config.yaml"
-        if not saved.exists():
-            raise FileNotFoundError(f"cannot resume: {saved} does not exist")
-        config = parse(yaml.safe_load(saved.read_text()))
-    elif config is None:
-        raise ValueError("give a config or a run directory to resume")
+    config, run_dir, payload = open_run(config, resume)
+    if agent_class(algo_name(config.algo)).online:
+        from embodied.run.online import run
+
+        return run(config, run_dir, payload)
     train_config = config.train
     device = resolve_device(train_config.device)
     generator = seed_everything(train_config.seed)
@@ -104,21 +151,14 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None) -> 
         agent.compile()
 
     start = 0
-    if resume is not None:
-        payload = checkpoint.read(checkpoint.latest(run_dir))
+    if payload is not None:
         agent.load_state_dict(payload["agent"])
         checkpoint.restore_rng(payload["rng"], generator)
         start = payload["step"]
-    else:
-        run_dir = Path(train_config.run_dir) / run_name(config)
-        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
-            raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, or rename")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     logger = Logger(
         run_dir,
-        resume_step=start if resume is not None else None,
+        resume_step=start if payload is not None else None,
         wandb_config=config.to_dict() if train_config.wandb else None,
     )
     raw_config = config.to_dict()
@@ -165,14 +205,17 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None) -> 
 
 def evaluate_checkpoint(path: str | Path, episodes: int, seed: int = 0, video: str | None = None,
                         env_options: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Load a checkpoint and run it in its env; optionally film the first episode."""
+    """Load a checkpoint and run it in its env; optionally film the first episode.
+
+    The env is the run's without its reward options (``reward_code``, ``reward``): the
+    return reported is the env's own, whatever reward the agent learned from."""
     import embodied
     from embodied.run.rollout import rollout
     from embodied.run.video import write_video
 
     agent = checkpoint.load(path)
     config = agent.run_config
-    env = embodied.make(config.env.id, **{**config.env.options, **(env_options or {})})
+    env = embodied.make(config.env.id, **{**evaluation_options(config.env.options), **(env_options or {})})
     result = rollout(env, agent.act, episodes, seed=seed, video_episodes=1 if video else 0, video_every=5)
     summary: dict[str, Any] = {"checkpoint": str(path), "env": config.env.id, **result.summary()}
     if video:

@@ -1,8 +1,10 @@
 """Metrics to CSV and TensorBoard always, Weights & Biases when asked.
 
 Keys are ``train/...``, ``eval/...``, ``time/...``; each prefix gets its own CSV file
-(``train.csv``, ``eval.csv``, ...) with a ``step`` column. On resume, rows after the
-checkpoint's step are dropped so a resumed run's logs read as if never interrupted.
+(``train.csv``, ``eval.csv``, ...) with a ``step`` column. A key first logged later than
+the others (a loss that exists only once updates start) adds a column, and earlier rows
+get an empty cell there. On resume, rows after the checkpoint's step are dropped so a
+resumed run's logs read as if never interrupted.
 """
 
 from __future__ import annotations
@@ -63,8 +65,24 @@ class Logger:
                 with open(path, "w", newline="") as handle:
                     csv.writer(handle).writerow(self._columns[prefix])
         columns = self._columns[prefix]
+        new = sorted(set(values) - set(columns))
+        if new:
+            columns = self._columns[prefix] = [*columns, *new]
+            self._rewrite(path, columns)
         with open(path, "a", newline="") as handle:
             csv.writer(handle).writerow([step, *[values.get(c, "") for c in columns[1:]]])
+
+    @staticmethod
+    def _rewrite(path: Path, columns: list[str]) -> None:
+        """Rewrite a CSV file under a wider header (rare: only when a new key appears)."""
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
 
     def close(self) -> None:
         self.tensorboard.close()

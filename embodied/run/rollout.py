@@ -14,11 +14,13 @@ Policy = Callable[[Any], np.ndarray]
 
 @dataclass
 class RolloutResult:
-    """Per-episode returns, lengths and successes (``None`` where the env has no success)."""
+    """Per-episode returns, lengths and successes (``None`` where the env has no success),
+    and tasks where a multi-task env names them in its reset info (``info["task"]``)."""
 
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
     has_success: bool = False
     seconds: float = 0.0
     frames: list[np.ndarray] = field(default_factory=list)
@@ -26,6 +28,14 @@ class RolloutResult:
     @property
     def success_rate(self) -> float | None:
         return float(np.mean(self.successes)) if self.has_success and self.successes else None
+
+    def success_by_task(self) -> dict[str, float]:
+        """Success rate of each task, in a multi-task env (empty otherwise)."""
+        by_task: dict[str, list[bool]] = {}
+        if self.has_success:
+            for task, success in zip(self.tasks, self.successes):
+                by_task.setdefault(task, []).append(success)
+        return {task: float(np.mean(successes)) for task, successes in by_task.items()}
 
     @property
     def mean_return(self) -> float:
@@ -42,6 +52,8 @@ class RolloutResult:
         }
         if self.has_success:
             out["success_rate"] = self.success_rate
+        if self.tasks and self.has_success:
+            out["success_rate_by_task"] = self.success_by_task()
         return out
 
 
@@ -72,6 +84,8 @@ def rollout(
     start = time.perf_counter()
     for episode in range(episodes):
         obs, info = env.reset(seed=seed if episode == 0 else None)
+        if "task" in info:
+            result.tasks.append(str(info["task"]))
         record = episode < video_episodes
         if record:
             result.frames.append(env.render())

@@ -37,4 +37,5 @@ def test_action_free_pipeline_and_merge(tmp_path, monkeypatch):
     assert algos == {"bc", "mtm", "iql-af", "iql-mtm"}  # the first invocation's bc row is kept
     text = out.read_text()
     assert text.count("`python -m embodied.bench.offline_rl") == 2 and "iql + mtm labels" in text
+    assert "| reach-v3 | mixed | 0 |" in text  # the label-quality row
     assert out.with_suffix(".png").exists()

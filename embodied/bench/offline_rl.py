@@ -59,6 +59,12 @@ REFERENCE_RETURNS: dict[str, tuple[float, float]] = {
     "mujoco/Hopper-v5": (-20.272305, 3234.3),
     "mujoco/Walker2d-v5": (1.629008, 4592.3),
 }
+#: How the datasets that are not collected here were made (written under the table).
+DATASET_RECIPES: dict[str, str] = {
+    "mujoco-halfcheetah-medium": "`embodied train configs/sac/mujoco-halfcheetah.yaml --set train.steps=30000` "
+    "(SAC, seed 0, return 1,492 at 30k env steps), then `embodied collect mujoco/HalfCheetah-v5 --policy "
+    "runs/sac-mujoco-HalfCheetah-v5-seed0 --noise 0.2 --episodes 100 --name mujoco-halfcheetah-medium --workers 2`",
+}
 COLUMN_TITLES = {"iql-af": "iql, 10 % actions", "iql-mtm": "iql + mtm labels"}
 
 
@@ -112,6 +118,20 @@ def label_with_mtm(labeller_dir: Path, source: str, name: str) -> None:
     episodes = label_actions(embodied.load(labeller_dir), list(read_episodes(source)))
     write_dataset(name, episodes, **dataset_spaces(source), algorithm_name="label-actions",
                   description=f"{source}, action-free episodes labelled by MTM ({labeller_dir})")  # fmt: skip
+
+
+def label_quality(source: str, labelled: str) -> float:
+    """Correlation of MTM's labels with the true actions of the episodes it labelled,
+    averaged over action dimensions (nan when the datasets are not on this machine)."""
+    from embodied.data.episodes import read_episodes
+
+    try:
+        pairs = [(true.actions, guess.actions) for true, guess in zip(read_episodes(source), read_episodes(labelled))
+                 if guess.metadata.get("actions_labelled_by") == "mtm"]  # fmt: skip
+    except Exception:  # noqa: BLE001 - a merged row whose datasets are elsewhere
+        return float("nan")
+    true, guess = (np.concatenate(a).reshape(-1, pairs[0][0].shape[-1]) for a in zip(*pairs))
+    return float(np.mean([np.corrcoef(true[:, i], guess[:, i])[0, 1] for i in range(true.shape[1])]))
 
 
 def run_trial(trial: dict) -> dict:
@@ -286,11 +306,11 @@ def write(results: list[dict], args, commands: list[str]) -> None:
         "",
         *[f"- `{c}`" for c in commands],
         "",
-        f"{time.strftime('%Y-%m-%d')}, CPU, one torch thread per run. Datasets of {args.episodes} episodes "
-        f"(quality levels: see `embodied.data.collect`); each command's `--steps` gradient updates (MTM: `--mtm-steps`) of "
+        f"{time.strftime('%Y-%m-%d')}, CPU, one torch thread per run. Meta-World datasets of {args.episodes} "
+        f"episodes (quality levels: see `embodied.data.collect`); each command's `--steps` gradient updates (MTM: `--mtm-steps`) of "
         f"{args.batch_size} transitions (MTM: a quarter as many segments of 4 steps, and narrowed to width 64 for the CPU, see "
-        "`CPU_SIZES` in `embodied/bench/offline_rl.py`). Score of the final policy over "
-        f"{args.eval_episodes} evaluation episodes, mean ± std over seeds {', '.join(map(str, seeds))}: "
+        "`CPU_SIZES` in `embodied/bench/offline_rl.py`). Score of the final policy over each command's "
+        f"`--eval-episodes` evaluation episodes, mean ± std over seeds {', '.join(map(str, seeds))}: "
         "success rate on Meta-World, D4RL-normalised return (0 random, 100 expert) elsewhere. "
         "`iql-af`: IQL on the dataset with 90 % of its episodes action-free (it learns from the rest); "
         "`iql-mtm`: the same, after an MTM trained on the whole action-free dataset labelled the missing "
@@ -305,6 +325,19 @@ def write(results: list[dict], args, commands: list[str]) -> None:
             finals = [score(task, r["evals"][-1]) for r in groups.get((task, quality, algo), [])]
             cells.append(f"{np.mean(finals):.2f} ± {np.std(finals):.2f}" if finals else "—")
         lines.append(f"| {task} | {quality} | {data_score(task, quality):.2f} | " + " | ".join(cells) + " |")
+    labelled = [(t, q, r["seed"]) for t, q in panels for r in groups.get((t, q, "iql-mtm"), [])]
+    if labelled:
+        lines += ["", "MTM's labels: correlation with the true actions of the episodes it labelled (mean over "
+                  "action dimensions):", "", "| task | data | seed | correlation |", "|---|---|---:|---:|"]
+        for task, quality, seed in sorted(labelled):
+            name = dataset_name(task, quality)
+            stripped = f"{name}-actionfree{round(100 * (args.action_free or 0.9))}"
+            quality_value = label_quality(name, f"{stripped}-mtm-seed{seed}")
+            lines.append(f"| {task} | {quality} | {seed} | {quality_value:.2f} |")
+    recipes = [f"- `{dataset_name(t, q)}`: {DATASET_RECIPES[dataset_name(t, q)]}" for t, q in panels
+               if dataset_name(t, q) in DATASET_RECIPES]  # fmt: skip
+    if recipes:
+        lines += ["", "Datasets made outside this command:", "", *recipes]
     lines += ["", f"![score against updates]({args.out.with_suffix('.png').name})", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))

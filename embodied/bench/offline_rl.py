@@ -284,9 +284,10 @@ def write(results: list[dict], args, commands: list[str]) -> None:
     groups: dict[tuple, list[dict]] = {}
     for result in results:
         groups.setdefault((result["task"], result["quality"], result["algo"]), []).append(result)
-    tasks = list(dict.fromkeys([*args.tasks, *(r["task"] for r in results)]))
-    qualities = list(dict.fromkeys([*args.qualities, *(r["quality"] for r in results)]))
-    algos = list(dict.fromkeys([*args.algos, *(r["algo"] for r in results)]))
+    tasks = sorted({r["task"] for r in results} | set(args.tasks), key=lambda t: ("/" in t, t))  # Meta-World first
+    qualities = sorted({r["quality"] for r in results} | set(args.qualities))
+    order = ["bc", "iql", "mtm", "iql-af", "iql-mtm"]
+    algos = sorted({r["algo"] for r in results} | set(args.algos), key=lambda a: (a not in order, order.index(a) if a in order else a))
     panels = [(t, q) for t in tasks for q in qualities if any((t, q, a) in groups for a in algos)]
 
     def data_score(task: str, quality: str) -> float:

@@ -132,7 +132,7 @@ class SB3Agent(Agent):
 
     online: ClassVar[bool] = True
     algorithm: ClassVar[type]  # the stable_baselines3 class
-    iteration_key: ClassVar[str]  # the config key of steps_per_iteration (for error messages)
+    iteration_key: ClassVar[str]  # the config key of steps_per_iteration ("algo.<field>")
 
     def __init__(self, config: Any, observation_space: gym.Space, action_space: gym.Space, device):
         super().__init__(config, observation_space, action_space, device)
@@ -167,7 +167,7 @@ class SB3Agent(Agent):
     @classmethod
     def iteration_steps(cls, config: Any) -> int:
         """Env steps SB3 collects before it can stop: training runs in multiples of it."""
-        raise NotImplementedError
+        return getattr(config, cls.iteration_key.removeprefix("algo."))
 
     @property
     def steps_per_iteration(self) -> int:
@@ -251,10 +251,6 @@ class SAC(SB3Agent):
     algorithm = stable_baselines3.SAC
     iteration_key = "algo.train_freq"
 
-    @classmethod
-    def iteration_steps(cls, config: SACConfig) -> int:
-        return config.train_freq
-
     def replay_buffer_arrays(self) -> dict[str, np.ndarray]:
         buffer = self.model.replay_buffer
         filled = buffer.buffer_size if buffer.full else buffer.pos
@@ -280,7 +276,3 @@ class PPO(SB3Agent):
     name = "ppo"
     algorithm = stable_baselines3.PPO
     iteration_key = "algo.n_steps"
-
-    @classmethod
-    def iteration_steps(cls, config: PPOConfig) -> int:
-        return config.n_steps

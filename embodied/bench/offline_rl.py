@@ -330,11 +330,14 @@ def write(results: list[dict], args, commands: list[str]) -> None:
     if labelled:
         lines += ["", "MTM's labels: correlation with the true actions of the episodes it labelled (mean over "
                   "action dimensions):", "", "| task | data | seed | correlation |", "|---|---|---:|---:|"]
+        from embodied.data import dataset_path
+
         for task, quality, seed in sorted(labelled):
             name = dataset_name(task, quality)
-            stripped = f"{name}-actionfree{round(100 * (args.action_free or 0.9))}"
-            quality_value = label_quality(name, f"{stripped}-mtm-seed{seed}")
-            lines.append(f"| {task} | {quality} | {seed} | {quality_value:.2f} |")
+            # The labelled copy's name holds the action-free share its run used (make_trials).
+            for found in sorted(dataset_path(name).parent.glob(f"{name}-actionfree*-mtm-seed{seed}-v0")):
+                value = label_quality(name, found.name.removesuffix("-v0"))
+                lines.append(f"| {task} | {quality} | {seed} | {value:.2f} |")
     recipes = [f"- `{dataset_name(t, q)}`: {DATASET_RECIPES[dataset_name(t, q)]}" for t, q in panels
                if dataset_name(t, q) in DATASET_RECIPES]  # fmt: skip
     if recipes:

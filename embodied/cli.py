@@ -14,6 +14,12 @@
     embodied reward generate ENV_ID "INSTRUCTION" [--model NAME] [--base-url URL] [--few-shot K]
                      [--out FILE] [--replay FILE | --record FILE]
     embodied reward refine RUN_DIR "FEEDBACK" [--instruction TEXT] [--model NAME] [...]
+    embodied prefs label DATASET --teacher oracle|noisy|mistake|skip|equal|myopic [--eps E] [--beta B]
+                     [--gamma G] --pairs N --segment-len L [--k K] [--name NAME]
+                     | list DATASET
+                     | reward DATASET --labels NAME --out MODEL.pt [--gaussian] [--relabel NEW]
+                     | relabel DATASET --model MODEL.pt --name-out NEW
+                     | transfer --source DATASET_A --target DATASET_B [--source-labels NAME] [--name NAME]
 """
 
 from __future__ import annotations
@@ -388,6 +394,138 @@ def _add_reward_llm_commands(actions) -> None:
     ref.set_defaults(run=cmd_reward_refine)
 
 
+def _teacher(args: argparse.Namespace):
+    from embodied.rewards.teachers import ScriptedTeacher
+
+    return ScriptedTeacher.preset(args.teacher, eps=args.eps, beta=args.beta, gamma=args.gamma, score=args.score)
+
+
+def cmd_prefs(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from embodied.data import load_dataset
+    from embodied.data import preferences as prefs
+    from embodied.rewards import models, teachers
+
+    if args.action == "label":
+        labels = teachers.label_dataset(args.dataset, _teacher(args), args.pairs, args.segment_len, k=args.k,
+                                        seed=args.seed)  # fmt: skip
+        name = args.name or f"{args.teacher}-{args.pairs}"
+        path = prefs.save_preferences(labels, name, overwrite=args.overwrite)
+        agree = teachers.agreement(labels, prefs.StepScores.read(args.dataset), args.score)
+        print(f"labelled {len(labels)} queries of {args.k} x {args.segment_len} steps "
+              f"({labels.info['skipped']} skipped); agreement with the oracle {agree:.3f}; wrote {path}")
+    elif args.action == "list":
+        for name in prefs.list_preferences(args.dataset):
+            labels = prefs.load_preferences(args.dataset, name)
+            who = labels.info.get("teacher") or labels.info.get("method", "?")
+            print(f"{name}  queries={len(labels)} k={labels.k} segment_len={labels.segment_len}  {who}")
+    elif args.action == "reward":
+        config = models.RewardModelConfig(steps=args.steps, batch_size=args.batch_size, members=args.members,
+                                          gaussian=args.gaussian, inputs=args.inputs)  # fmt: skip
+        dataset = load_dataset(args.dataset)
+        labels = prefs.load_preferences(args.dataset, args.labels)
+        train, held_out = labels.split(args.held_out, seed=args.seed) if args.held_out > 0 else (labels, None)
+        model, metrics = models.fit_reward_model(dataset, train, config, seed=args.seed, progress=True)
+        if held_out is not None and len(held_out):
+            metrics["held_out_accuracy"] = models.label_accuracy(model, dataset, held_out)
+        models.save_reward_model(model, args.out, extra={"dataset": args.dataset, "labels": args.labels, **metrics})
+        print(f"reward model: {', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}; wrote {args.out}")
+        if args.relabel:
+            models.relabel_dataset(args.dataset, model, args.relabel, overwrite=args.overwrite)
+            print(f"wrote {args.relabel}: {args.dataset} with the model's rewards")
+    elif args.action == "relabel":
+        model = models.load_reward_model(args.model)
+        models.relabel_dataset(args.dataset, model, args.new_name, overwrite=args.overwrite)
+        print(f"wrote {args.new_name}: {args.dataset} with rewards from {args.model}")
+    elif args.action == "transfer":
+        from embodied.algos import pearl
+
+        config = pearl.PEARLConfig(source_segments=args.segments, target_segments=args.segments,
+                                   target_pairs=args.pairs, gw_epsilon=args.epsilon, features=args.features,
+                                   device=args.device)  # fmt: skip
+        source, target = load_dataset(args.source), load_dataset(args.target)
+        if args.source_labels:
+            labels = pearl.transfer(source, prefs.load_preferences(args.source, args.source_labels), target, config,
+                                    seed=args.seed)  # fmt: skip
+        else:
+            episodes, starts = prefs.sample_queries(source.episode_lengths, args.segments, args.segment_len, 1,
+                                                    seed=args.seed)  # fmt: skip
+            matrix = pearl.teacher_matrix(_teacher(args), prefs.StepScores.read(args.source), episodes[:, 0],
+                                          starts[:, 0], args.segment_len, seed=args.seed)  # fmt: skip
+            labels = pearl.transfer(source, matrix, target, config, seed=args.seed,
+                                    source_segments=(episodes[:, 0], starts[:, 0]), segment_len=args.segment_len)
+        name = args.name or f"pearl-from-{args.source.replace('/', '-')}"
+        path = prefs.save_preferences(labels, name, overwrite=args.overwrite)
+        # The target's own rewards are only a check of the transfer; PEARL never reads them.
+        agree = teachers.agreement(labels, prefs.StepScores.read(args.target))
+        print(f"transferred {len(labels)} pair labels in {labels.info['gw_seconds']:.1f} s of GW; agreement with the "
+              f"target's own reward {agree:.3f}; mean |p - 0.5| {np.abs(labels.preference - 0.5).mean():.3f}; "
+              f"wrote {path}")
+    return 0
+
+
+def _add_teacher_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    from embodied.rewards.teachers import KINDS
+
+    parser.add_argument("--teacher", choices=list(KINDS), required=required, default=None if required else "oracle",
+                        help="B-Pref scripted teacher")  # fmt: skip
+    parser.add_argument("--eps", type=float, help="mistake: flip rate; skip/equal: threshold share (default 0.1)")
+    parser.add_argument("--beta", type=float, help="noisy: Boltzmann rationality (default 1)")
+    parser.add_argument("--gamma", type=float, help="myopic: discount of earlier steps (default 0.9)")
+    parser.add_argument("--score", choices=("reward", "success"), default="reward", help="what segments are scored by")
+
+
+def _add_prefs_commands(commands) -> None:
+    prefs = commands.add_parser("prefs", help="preference labels, reward models, PEARL transfer")
+    actions = prefs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    label = actions.add_parser("label", help="label segment pairs (or K-wise sets) with a scripted teacher")
+    label.add_argument("dataset", metavar="DATASET")
+    _add_teacher_options(label, required=True)
+    label.add_argument("--pairs", type=int, required=True, help="queries to draw")
+    label.add_argument("--segment-len", type=int, default=50, help="steps per segment (B-Pref: 50)")
+    label.add_argument("--k", type=int, default=2, help="segments per query (K > 2: rankings)")
+    label.add_argument("--name", help="label set name (default TEACHER-PAIRS)")
+    label.add_argument("--seed", type=int, default=0)
+    label.add_argument("--overwrite", action="store_true")
+    listing = actions.add_parser("list", help="label sets stored beside a dataset")
+    listing.add_argument("dataset", metavar="DATASET")
+    reward = actions.add_parser("reward", help="train a reward model (Bradley-Terry / Plackett-Luce) on a label set")
+    reward.add_argument("dataset", metavar="DATASET")
+    reward.add_argument("--labels", required=True, help="label set name (`embodied prefs list DATASET`)")
+    reward.add_argument("--out", required=True, metavar="MODEL.pt")
+    reward.add_argument("--gaussian", action="store_true", help="PEARL's robust reward: r ~ N(mu, sigma^2)")
+    reward.add_argument("--inputs", choices=("state_action", "state"), default="state_action")
+    reward.add_argument("--steps", type=int, default=2000)
+    reward.add_argument("--batch-size", type=int, default=128)
+    reward.add_argument("--members", type=int, default=3)
+    reward.add_argument("--held-out", type=float, default=0.1, help="share of labels kept out to measure accuracy")
+    reward.add_argument("--relabel", metavar="NEW", help="also write DATASET with the model's rewards as NEW")
+    reward.add_argument("--seed", type=int, default=0)
+    reward.add_argument("--overwrite", action="store_true")
+    relabel = actions.add_parser("relabel", help="copy a dataset with rewards from a reward model")
+    relabel.add_argument("dataset", metavar="DATASET")
+    relabel.add_argument("--model", required=True, metavar="MODEL.pt")
+    relabel.add_argument("--name-out", dest="new_name", required=True)
+    relabel.add_argument("--overwrite", action="store_true")
+    transfer = actions.add_parser("transfer", help="PEARL: label a target task's pairs from a source task by GW transport")
+    transfer.add_argument("--source", required=True, metavar="DATASET_A")
+    transfer.add_argument("--target", required=True, metavar="DATASET_B")
+    transfer.add_argument("--source-labels", metavar="NAME", help="a label set of the source (default: the teacher "
+                          "below answers every pair of --segments source segments)")  # fmt: skip
+    _add_teacher_options(transfer, required=False)
+    transfer.add_argument("--segments", type=int, default=1000, help="segments per task in the transport")
+    transfer.add_argument("--segment-len", type=int, default=50)
+    transfer.add_argument("--pairs", type=int, default=2000, help="target pairs to label")
+    transfer.add_argument("--epsilon", type=float, default=5e-3, help="entropic regularisation of GW")
+    transfer.add_argument("--features", choices=("state_action", "state"), default="state_action")
+    transfer.add_argument("--device", default="cpu", help="cuda: POT's torch backend on the GPU")
+    transfer.add_argument("--name", help="label set name on the target (default pearl-from-SOURCE)")
+    transfer.add_argument("--seed", type=int, default=0)
+    transfer.add_argument("--overwrite", action="store_true")
+    prefs.set_defaults(run=cmd_prefs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embodied", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -473,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     reward_actions = reward.add_subparsers(dest="reward_command", required=True, metavar="ACTION")
     _add_reward_check_command(reward_actions)
     _add_reward_llm_commands(reward_actions)
+    _add_prefs_commands(commands)
     return parser
 
 

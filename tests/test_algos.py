@@ -8,6 +8,8 @@ import yaml
 import embodied
 from embodied.algos import ALGOS, agent_class
 from embodied.data.collect import collect
+from embodied.data.preferences import save_preferences
+from embodied.rewards.teachers import ScriptedTeacher, label_dataset
 from embodied.run import checkpoint
 from embodied.run.config import ConfigError, load, parse
 from embodied.run.fit import train
@@ -22,6 +24,8 @@ def dataset_root(tmp_path_factory):
         patch.setenv("MINARI_DATASETS_PATH", str(root))
         collect("metaworld/reach-v3", 6, name="tiny-reach", quality="mixed", progress=False,
                 env_options={"max_episode_steps": 40})  # fmt: skip
+        # Preference labels for the algorithms that learn from them (IPL).
+        save_preferences(label_dataset("tiny-reach", ScriptedTeacher(), 24, segment_len=5), "oracle")
     return root
 
 
@@ -34,7 +38,7 @@ def small_config(algo: str, tmp_path, **train):
     return parse({
         "algo": {"name": algo, **({"hidden_dims": [32, 32]} if algo != "mtm" else {})},
         "env": {"id": "metaworld/reach-v3", "options": {"max_episode_steps": 20}},
-        "data": {"name": "tiny-reach"},
+        "data": {"name": "tiny-reach", "preferences": "oracle"},
         "train": {"steps": 30, "batch_size": 16, "eval_every": 0, "eval_episodes": 1, "log_every": 10,
                   "checkpoint_every": 10, "run_dir": str(tmp_path), "progress": False, **train},
     })  # fmt: skip
@@ -47,7 +51,7 @@ def test_update_act_save_load(algo, tmp_path):
     config = small_config(algo, tmp_path)
     env = embodied.make("metaworld/reach-v3")
     agent = agent_class(algo)(config.algo, env.observation_space, env.action_space, "cpu")
-    dataset = load_dataset("tiny-reach")
+    dataset = load_dataset("tiny-reach", preferences="oracle")
     agent.prepare(dataset, total_steps=10)
     before = [p.detach().clone() for p in agent.parameters()]
     generator = torch.Generator().manual_seed(0)

@@ -13,6 +13,7 @@ from embodied.algos.base import Agent
 ALGOS: dict[str, str] = {
     "bc": "embodied.algos.bc:BC",
     "iql": "embodied.algos.iql:IQL",
+    "ipl": "embodied.algos.ipl:IPL",
     "mtm": "embodied.algos.mtm:MTM",
 }
 

@@ -227,6 +227,7 @@ class Dataset:
         self._all_steps = torch.as_tensor(np.flatnonzero(is_step), device=self.device)
         self._acted_steps = torch.as_tensor(np.flatnonzero(acted_rows), device=self.device)
         self._segment_starts: dict[tuple[int, bool], torch.Tensor] = {}
+        self.preferences = None  # a label set over this dataset (embodied.data.preferences), when loaded with one
 
     # --- facts -------------------------------------------------------------------------
     @property
@@ -346,9 +347,17 @@ def resolve_device(device: str | torch.device) -> str:
     return str(device)
 
 
-def load_dataset(name: str, device: str | torch.device = "cpu", lazy_images: bool = False) -> Dataset:
+def load_dataset(name: str, device: str | torch.device = "cpu", lazy_images: bool = False,
+                 preferences: str | None = None) -> Dataset:  # fmt: skip
     """Load a local dataset for training, moved to ``device`` once.
 
     ``lazy_images`` leaves image observations on disk and reads each batch's frames
-    when it is sampled (for image datasets larger than memory)."""
-    return Dataset.load(name, device=device, lazy_images=lazy_images)
+    when it is sampled (for image datasets larger than memory). ``preferences`` names a
+    label set stored beside the dataset (``embodied prefs label``) to attach as
+    ``dataset.preferences``."""
+    dataset = Dataset.load(name, device=device, lazy_images=lazy_images)
+    if preferences:
+        from embodied.data.preferences import load_preferences
+
+        dataset.preferences = load_preferences(name, preferences)
+    return dataset

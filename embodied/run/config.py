@@ -5,6 +5,7 @@ A run config has four sections::
     algo:  {name: iql, expectile: 0.7, ...}        # the algorithm's own config dataclass
     env:   {id: metaworld/push-v3, options: {}}    # where it is evaluated (online: also trained)
     data:  {name: metaworld-push-medium, collect: {quality: medium, episodes: 100}}   # offline only
+           (+ preferences: LABEL_SET, label: {teacher: oracle, pairs: 500}  for IPL)
     train: {steps: 100000, batch_size: 256, seed: 0, ...}
 
 Overrides use dotted keys: ``--set algo.expectile=0.8 --set train.steps=1000``. An
@@ -42,6 +43,8 @@ class DataConfig:
     name: str = ""  # dataset name (embodied.data.dataset_id form)
     collect: dict | None = None  # embodied.data.collect.collect kwargs: quality, episodes, workers, ...
     action_free_fraction: float = 0.0  # make this share of episodes action-free (semi-supervised setting)
+    preferences: str = ""  # a label set stored beside the dataset (`embodied prefs label`); IPL learns from it
+    label: dict | None = None  # how to make `preferences` when missing: teacher, pairs, segment_len, eps, beta, gamma, k, seed
 
 
 @dataclass

@@ -56,7 +56,34 @@ def ensure_dataset(config: RunConfig) -> str:
             write_dataset(derived, stripped, **dataset_spaces(name), algorithm_name="strip-actions",
                           description=f"{name} with {fraction:.0%} of episodes action-free")  # fmt: skip
         name = derived
+    if config.data.preferences:
+        ensure_preferences(name, config.data.preferences, config.data.label)
     return name
+
+
+def ensure_preferences(dataset: str, label_name: str, label: dict | None) -> None:
+    """Make label set ``label_name`` of ``dataset`` with a scripted teacher if it is missing
+    and ``label`` (``data.label``) says how: ``{teacher: mistake, eps: 0.1, pairs: 500,
+    segment_len: 50}`` (as ``embodied prefs label``)."""
+    from embodied.data.preferences import list_preferences, save_preferences
+    from embodied.rewards.teachers import ScriptedTeacher, label_dataset
+
+    if label_name in list_preferences(dataset) or not label:
+        return  # present, or load_dataset names the ones there are
+    options = dict(label)
+    known = {"teacher", "eps", "beta", "gamma", "score", "pairs", "segment_len", "k", "seed"}
+    unknown = sorted(set(options) - known)
+    if unknown or "pairs" not in options:
+        from embodied.run.config import ConfigError
+
+        raise ConfigError(f"data.label: {'unknown keys ' + ', '.join(unknown) if unknown else 'pairs is missing'}; "
+                          f"valid keys: {', '.join(sorted(known))}")  # fmt: skip
+    teacher = ScriptedTeacher.preset(options.pop("teacher", "oracle"), eps=options.pop("eps", None),
+                                     beta=options.pop("beta", None), gamma=options.pop("gamma", None),
+                                     score=options.pop("score", "reward"))  # fmt: skip
+    labels = label_dataset(dataset, teacher, options.pop("pairs"), options.pop("segment_len", 50),
+                           k=options.pop("k", 2), seed=options.pop("seed", 0))  # fmt: skip
+    save_preferences(labels, label_name)
 
 
 def evaluate(agent, env, episodes: int, seed: int) -> dict[str, float]:
@@ -141,7 +168,7 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None) -> 
     train_config = config.train
     device = resolve_device(train_config.device)
     generator = seed_everything(train_config.seed)
-    dataset = load_dataset(ensure_dataset(config), device=device)
+    dataset = load_dataset(ensure_dataset(config), device=device, preferences=config.data.preferences or None)
 
     env = embodied.make(config.env.id, **config.env.options)
     agent = agent_class(algo_name(config.algo))(config.algo, env.observation_space, env.action_space, device)

@@ -1,0 +1,342 @@
+"""Learning from preferences on Meta-World: reward models against teacher noise, PEARL's
+cross-task transfer, and IPL against a reward model + IQL, several seeds, one command.
+
+    python -m embodied.bench.preferences --target drawer-open-v3 --quality medium \
+        --sources button-press-v3 push-v3 --seeds 0 1 2 --workers 2
+
+Three parts, on the target dataset ``metaworld-<target>-<quality>`` (and the sources'
+datasets of the same quality), all labels from B-Pref scripted teachers
+(:mod:`embodied.rewards.teachers`) over ``--segment-len``-step segments:
+
+(a) **Label accuracy against teacher noise.** For each teacher in ``TEACHERS``,
+    ``--labels`` queries are labelled and a reward-model ensemble is trained on them; its
+    accuracy is measured on ``--held-out`` fresh pairs against the oracle (true reward).
+(b) **PEARL.** For each source task, the oracle labels every pair of ``--segments``
+    source segments, GW transport carries the labels to ``--pairs`` target pairs
+    (:mod:`embodied.algos.pearl`), a Gaussian reward model (Robust Reward Learning)
+    is trained on them, the target dataset is relabelled with its mean, and IQL learns.
+    Compared with IQL on the true reward, on ``--labels`` scripted (oracle) labels, and
+    on as many random labels; the transferred labels' agreement with the target's own
+    reward is reported (PEARL never reads it).
+(c) **IPL** (:mod:`embodied.algos.ipl`) on the same ``--labels`` scripted labels as
+    (b)'s reward model + IQL.
+
+Every policy is trained for ``--steps`` updates and evaluated ``--evals`` times on
+``--eval-episodes`` episodes (success rate). Finished runs are skipped on a rerun.
+Writes a Markdown table, a CSV of every evaluation and a plot beside ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from embodied.bench import run_trials  # noqa: E402
+from embodied.bench.offline_rl import dataset_name, env_id_of, read_evals, train_once  # noqa: E402
+
+#: Teachers of part (a): name -> ScriptedTeacher.preset arguments. Meta-World's per-step
+#: reward is 0–10, so B-Pref's β = 1 is nearly rational over 50 steps; β = 0.02 is noisy.
+TEACHERS: dict[str, dict] = {
+    "oracle": {"kind": "oracle"},
+    "noisy β=0.02": {"kind": "noisy", "beta": 0.02},
+    "mistake ε=0.1": {"kind": "mistake", "eps": 0.1},
+    "mistake ε=0.3": {"kind": "mistake", "eps": 0.3},
+    "equal ε=0.1": {"kind": "equal", "eps": 0.1},
+    "myopic γ=0.9": {"kind": "myopic", "gamma": 0.9},
+}
+#: Sizes for one CPU thread: the paper's reward ensemble (3 members) with PEBBLE's
+#: learning rate, 2×256 MLPs for every network (IQL's own size; IPL's authors use 3×256).
+REWARD_MODEL = {"members": 3, "hidden_dims": (256, 256), "batch_size": 32, "steps": 400}
+IPL_SIZES = {"hidden_dims": [256, 256], "preference_batch_size": 8}
+VARIANTS = ["true reward", "scripted", "random", "ipl"]
+
+
+def reward_model_config(gaussian: bool = False):
+    from embodied.rewards.models import RewardModelConfig
+
+    return RewardModelConfig(gaussian=gaussian, **REWARD_MODEL)
+
+
+def held_out_oracle(dataset: str, args, seed: int):
+    from embodied.rewards.teachers import ScriptedTeacher, label_dataset
+
+    return label_dataset(dataset, ScriptedTeacher(), args.held_out, args.segment_len, seed=10_000 + seed)
+
+
+def policy_config(algo: str, data: str, seed: int, args, name: str, preferences: str = "") -> dict:
+    return {
+        "algo": {"name": algo, **({"hidden_dims": [256, 256]} if algo == "iql" else IPL_SIZES)},
+        "env": {"id": env_id_of(args.target)},
+        "data": {"name": data, "preferences": preferences},
+        "train": {"steps": args.steps, "batch_size": 256, "seed": seed, "eval_every": max(1, args.steps // args.evals),
+                  "eval_episodes": args.eval_episodes, "log_every": max(1, args.steps // 20),
+                  "checkpoint_every": args.steps, "run_dir": str(args.run_dir), "progress": False, "device": "cpu",
+                  "name": name},
+    }  # fmt: skip
+
+
+def scripted_labels(target: str, args, seed: int):
+    from embodied.rewards.teachers import ScriptedTeacher, label_dataset
+
+    return label_dataset(target, ScriptedTeacher(), args.labels, args.segment_len, seed=seed)
+
+
+def make_labels(variant: str, target: str, args, seed: int):
+    """The target's label set of a variant (and how it was made)."""
+    from embodied.algos import pearl
+    from embodied.data import load_dataset
+    from embodied.data.preferences import Preferences, StepScores, sample_queries
+    from embodied.rewards.teachers import ScriptedTeacher
+
+    if variant == "scripted":
+        return scripted_labels(target, args, seed)
+    if variant == "random":
+        labels = scripted_labels(target, args, seed)
+        coin = np.random.default_rng([seed, 7]).integers(0, 2, len(labels)).astype(np.float32)
+        return Preferences(labels.dataset, labels.segment_len, labels.episodes, labels.starts, coin,
+                           info={"teacher": "random"})  # fmt: skip
+    source = dataset_name(variant.removeprefix("pearl from "), args.quality)
+    episodes, starts = sample_queries(load_dataset(source).episode_lengths, args.segments, args.segment_len, 1, seed)
+    matrix = pearl.teacher_matrix(ScriptedTeacher(), StepScores.read(source), episodes[:, 0], starts[:, 0],
+                                  args.segment_len, seed=seed)  # fmt: skip
+    config = pearl.PEARLConfig(source_segments=args.segments, target_segments=args.segments, target_pairs=args.pairs)
+    return pearl.transfer(load_dataset(source), matrix, load_dataset(target), config, seed=seed,
+                          source_segments=(episodes[:, 0], starts[:, 0]), segment_len=args.segment_len)  # fmt: skip
+
+
+def run_trial(trial: dict) -> dict:
+    """One trial (in a worker process with one torch thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from embodied.data import dataset_path, load_dataset
+    from embodied.data.preferences import StepScores, save_preferences
+    from embodied.rewards.models import fit_reward_model, label_accuracy, relabel_dataset
+    from embodied.rewards.teachers import ScriptedTeacher, agreement, label_dataset
+
+    args, seed, variant = trial["args"], trial["seed"], trial["variant"]
+    target = dataset_name(args.target, args.quality)
+    out = {"part": trial["part"], "variant": variant, "seed": seed}
+    started = time.perf_counter()
+    if trial["part"] == "a":
+        teacher_args = dict(TEACHERS[variant])
+        teacher = ScriptedTeacher.preset(teacher_args.pop("kind"), **teacher_args)
+        labels = label_dataset(target, teacher, args.labels, args.segment_len, seed=seed)
+        dataset = load_dataset(target)
+        model, _ = fit_reward_model(dataset, labels, reward_model_config(), seed=seed)
+        return out | {"label_agreement": agreement(labels, StepScores.read(target)),
+                      "accuracy": label_accuracy(model, dataset, held_out_oracle(target, args, seed)),
+                      "seconds": time.perf_counter() - started}  # fmt: skip
+    if variant == "true reward":
+        run_dir, evals = train_once(policy_config("iql", target, seed, args, f"iql-{target}-true-seed{seed}"))
+        return out | {"evals": evals, "run_dir": str(run_dir)}
+    slug = variant.replace(" ", "-")
+    if variant == "ipl":
+        label_name = f"bench-scripted-{args.labels}-L{args.segment_len}-seed{seed}"
+        if not (dataset_path(target) / "preferences" / f"{label_name}.npz").exists():
+            save_preferences(scripted_labels(target, args, seed), label_name)
+        config = policy_config("ipl", target, seed, args, f"ipl-{target}-{label_name}", preferences=label_name)
+        run_dir, evals = train_once(config)
+        return out | {"evals": evals, "run_dir": str(run_dir)}
+    labels = make_labels(variant, target, args, seed)
+    out["label_agreement"] = agreement(labels, StepScores.read(target))
+    out["gw_seconds"] = labels.info.get("gw_seconds", float("nan"))
+    relabelled = f"{target}-rm-{slug}-seed{seed}"
+    dataset = load_dataset(target)
+    model, _ = fit_reward_model(dataset, labels, reward_model_config(gaussian=variant.startswith("pearl")), seed=seed)
+    out["accuracy"] = label_accuracy(model, dataset, held_out_oracle(target, args, seed))
+    relabel_dataset(target, model, relabelled, overwrite=True)
+    run_dir, evals = train_once(policy_config("iql", relabelled, seed, args, f"iql-{relabelled}"))
+    return out | {"evals": evals, "run_dir": str(run_dir)}
+
+
+def make_trials(args) -> list[dict]:
+    trials = [{"part": "a", "variant": teacher, "seed": seed, "args": args}
+              for teacher in args.teachers for seed in args.seeds]  # fmt: skip
+    variants = [v for v in VARIANTS if v in args.variants] + [f"pearl from {s}" for s in args.sources]
+    # Policy trials first (the long ones), so the two workers stay busy to the end.
+    return [{"part": "b", "variant": v, "seed": seed, "args": args} for seed in args.seeds for v in variants] + trials
+
+
+def describe(result: dict) -> str:
+    text = f"({result['part']}) {result['variant']} seed {result['seed']}:"
+    if "accuracy" in result:
+        text += f" reward-model accuracy {result['accuracy']:.3f}"
+    if "evals" in result:
+        text += f" success {result['evals'][-1].get('eval/success_rate', float('nan')):.2f}"
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="drawer-open-v3", help="Meta-World task the policies learn")
+    parser.add_argument("--quality", default="medium", help="dataset quality of target and sources")
+    parser.add_argument("--sources", nargs="*", default=["button-press-v3", "push-v3"], help="PEARL source tasks")
+    parser.add_argument("--teachers", nargs="*", default=list(TEACHERS), help="part (a) teachers")
+    parser.add_argument("--variants", nargs="*", default=VARIANTS, help="part (b)/(c) baselines to run")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--labels", type=int, default=500, help="scripted labels on the target (a, b, c)")
+    parser.add_argument("--held-out", type=int, default=1000, help="fresh oracle pairs to measure accuracy on")
+    parser.add_argument("--segment-len", type=int, default=50, help="steps per segment (B-Pref: 50)")
+    parser.add_argument("--segments", type=int, default=1000, help="PEARL: segments per task in the transport")
+    parser.add_argument("--pairs", type=int, default=2000, help="PEARL: target pairs labelled by transport")
+    parser.add_argument("--steps", type=int, default=10_000, help="policy gradient updates")
+    parser.add_argument("--evals", type=int, default=4)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per collected dataset")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-preferences"))
+    parser.add_argument("--out", type=Path, default=Path("results/preferences.md"))
+    args = parser.parse_args(argv)
+    unknown = [t for t in args.teachers if t not in TEACHERS] + [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown teacher/variant {unknown}; teachers: {list(TEACHERS)}, variants: {VARIANTS}")
+    command = ("python -m embodied.bench.preferences " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+
+    from embodied.data import dataset_path
+    from embodied.data.collect import collect
+
+    for task in [args.target, *args.sources]:
+        name = dataset_name(task, args.quality)
+        if not (dataset_path(name) / "data" / "metadata.json").exists():
+            collect(env_id_of(task), args.episodes, name=name, quality=args.quality, workers=args.workers)
+    gw_time = time_gw(args)
+    results = run_trials(run_trial, make_trials(args), args.workers, describe)
+    write(results, args, command, gw_time)
+    print(args.out.read_text())
+
+
+def time_gw(args) -> dict[str, float]:
+    """Seconds of entropic GW for n × n segments (the CPU here; CUDA through POT's torch
+    backend when present), on the target's own segments."""
+    import torch
+
+    from embodied.algos import pearl
+    from embodied.data import load_dataset
+    from embodied.data.preferences import sample_queries
+
+    torch.set_num_threads(1)
+    dataset = load_dataset(dataset_name(args.target, args.quality))
+    times = {}
+    episodes, starts = sample_queries(dataset.episode_lengths, args.segments, args.segment_len, 1, seed=0)
+    cost = pearl.distance_matrix(pearl.segment_features(dataset, episodes[:, 0], starts[:, 0], args.segment_len,
+                                                        "state_action"))  # fmt: skip
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        pearl.gromov_wasserstein(cost[:50, :50], cost[:50, :50], 5e-3, device=device)  # warm-up
+        started = time.perf_counter()
+        pearl.gromov_wasserstein(cost, cost[::-1].copy()[:, ::-1].copy(), 5e-3, device=device)
+        times[device] = time.perf_counter() - started
+    return times
+
+
+def write(results: list[dict], args, command: str, gw_time: dict[str, float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def stat(values) -> str:
+        values = [v for v in values if v == v]
+        return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
+
+    part_a = [r for r in results if r["part"] == "a"]
+    part_b = [r for r in results if r["part"] == "b"]
+    seeds = sorted({r["seed"] for r in results})
+    target = dataset_name(args.target, args.quality)
+    lines = [
+        "# Learning from preferences: reward models, PEARL and IPL",
+        "",
+        f"Made by `{command}`",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, CPU, one torch thread per run, seeds {', '.join(map(str, seeds))} "
+        f"(mean ± std over seeds). Target dataset `{target}` (100 episodes); segments of {args.segment_len} steps; "
+        f"B-Pref scripted teachers scoring by the env's reward. Reward models: ensembles of "
+        f"{REWARD_MODEL['members']} MLPs {REWARD_MODEL['hidden_dims']}, {REWARD_MODEL['steps']} updates of "
+        f"{REWARD_MODEL['batch_size']} queries per member (sized for the CPU). Policies: {args.steps} updates, "
+        f"success rate of the final policy over {args.eval_episodes} episodes.",
+        "",
+        f"## (a) Reward-model accuracy against teacher noise ({args.labels} labels)",
+        "",
+        f"Accuracy: the model's preference on {args.held_out} fresh pairs against the true reward's. "
+        "Label agreement: the teacher's own labels against the true reward's (ties excluded).",
+        "",
+        "| teacher | label agreement | reward-model accuracy |",
+        "|---|---:|---:|",
+    ]
+    for teacher in args.teachers:
+        rows = [r for r in part_a if r["variant"] == teacher]
+        if rows:
+            lines.append(f"| {teacher} | {stat([r['label_agreement'] for r in rows])} | "
+                         f"{stat([r['accuracy'] for r in rows])} |")  # fmt: skip
+    variants = [v for v in VARIANTS if v in args.variants] + [f"pearl from {s}" for s in args.sources]
+    lines += [
+        "",
+        f"## (b, c) IQL on learned rewards, PEARL, and IPL on `{target}`",
+        "",
+        f"scripted: {args.labels} oracle labels on the target → reward model → IQL. random: the same queries with "
+        f"coin-flip labels. pearl from S: the oracle answers every pair of {args.segments} segments of task S "
+        f"(same quality), entropic GW transports the labels to {args.pairs} target pairs, a Gaussian reward model "
+        f"(Robust Reward Learning) learns from them → IQL; no label of the target task is used. ipl: IPL on the "
+        f"scripted variant's {args.labels} labels (no reward model). Label agreement: the variant's target labels "
+        "against the target's true reward; reward-model accuracy as in (a).",
+        "",
+        "| variant | label agreement | reward-model accuracy | success rate |",
+        "|---|---:|---:|---:|",
+    ]
+    for variant in variants:
+        rows = [r for r in part_b if r["variant"] == variant]
+        if rows:
+            lines.append(f"| {variant} | {stat([r.get('label_agreement', np.nan) for r in rows])} | "
+                         f"{stat([r.get('accuracy', np.nan) for r in rows])} | "
+                         f"{stat([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} |")  # fmt: skip
+    lines += ["", f"GW transport of {args.segments} × {args.segments} segments "
+              f"({args.segment_len} steps × 43 features each): "
+              + ", ".join(f"{device} {seconds:.1f} s" for device, seconds in gw_time.items())
+              + (" (no GPU on this machine)" if "cuda" not in gw_time else "") + ".",
+              "", f"![success against updates]({args.out.with_suffix('.png').name})", ""]  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+
+    with open(args.out.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["part", "variant", "seed", "step", "success_rate", "label_agreement", "accuracy"])
+        for r in sorted(results, key=lambda r: (r["part"], r["variant"], r["seed"])):
+            for row in r.get("evals") or [{}]:
+                writer.writerow([r["part"], r["variant"], r["seed"], int(row.get("step", 0)) or "",
+                                 row.get("eval/success_rate", ""), r.get("label_agreement", ""),
+                                 r.get("accuracy", "")])  # fmt: skip
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    names = [t for t in args.teachers if any(r["variant"] == t for r in part_a)]
+    accuracy = [[r["accuracy"] for r in part_a if r["variant"] == t] for t in names]
+    left.bar(range(len(names)), [np.mean(a) for a in accuracy], yerr=[np.std(a) for a in accuracy], color="tab:blue")
+    left.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    left.set_ylim(0.4, 1.0)
+    left.set_ylabel("held-out accuracy")
+    left.set_title(f"(a) reward model vs teacher ({args.labels} labels)", fontsize=9)
+    for variant in variants:
+        runs = [r for r in part_b if r["variant"] == variant]
+        if not runs:
+            continue
+        steps = [row["step"] for row in runs[0]["evals"]]
+        curves = np.array([[row.get("eval/success_rate", np.nan) for row in r["evals"]] for r in runs])
+        right.plot(steps, curves.mean(0), marker="o", label=variant)
+        right.fill_between(steps, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.15)
+    right.set_xlabel("updates")
+    right.set_ylabel("success rate")
+    right.set_title(f"(b, c) {args.target} / {args.quality}", fontsize=9)
+    right.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(args.out.with_suffix(".png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,8 @@
                      | reward DATASET --labels NAME --out MODEL.pt [--gaussian] [--relabel NEW]
                      | relabel DATASET --model MODEL.pt --name-out NEW
                      | transfer --source DATASET_A --target DATASET_B [--source-labels NAME] [--name NAME]
+    embodied sweep CONFIG.yaml --seeds 0-4 [--grid key=v1,v2 ...] [--address ray://HOST:PORT] [--workers N]
+                     [--cpus-per-trial C] [--gpus-per-trial G] [--retries R] [--dir DIR] [--metric KEY]
 """
 
 from __future__ import annotations
@@ -526,6 +528,36 @@ def _add_prefs_commands(commands) -> None:
     prefs.set_defaults(run=cmd_prefs)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from embodied.run.sweep import SweepError, parse_grid, parse_seeds, sweep
+
+    try:
+        directory = sweep(args.config, parse_seeds(args.seeds), parse_grid(args.grid or []), sweep_dir=args.dir,
+                          address=args.address, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
+                          gpus_per_trial=args.gpus_per_trial, retries=args.retries, metric=args.metric)  # fmt: skip
+    except SweepError as error:
+        print(f"embodied sweep: {error}", file=sys.stderr)
+        return 1
+    print((directory / "summary.md").read_text())
+    print(f"sweep: {directory}")
+    return 0
+
+
+def _add_sweep_command(commands) -> None:
+    sw = commands.add_parser("sweep", help="run a grid of overrides x seeds as Ray tasks, with a summary table")
+    sw.add_argument("config", metavar="CONFIG.yaml")
+    sw.add_argument("--seeds", default="0", help="e.g. 0-4 or 0,1,2 (default 0)")
+    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="values of one config key, repeatable")
+    sw.add_argument("--address", help="an existing Ray cluster (ray://HOST:PORT or auto); default: local Ray")
+    sw.add_argument("--workers", type=int, help="local Ray: CPU slots (default: one per trial)")
+    sw.add_argument("--cpus-per-trial", type=float, default=1.0)
+    sw.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
+    sw.add_argument("--retries", type=int, default=2, help="times a failed trial is retried (resuming)")
+    sw.add_argument("--dir", help="sweep directory (default runs/sweeps/<config name>)")
+    sw.add_argument("--metric", help="evaluation key the summary reports (default success rate, else return)")
+    sw.set_defaults(run=cmd_sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embodied", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -612,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reward_check_command(reward_actions)
     _add_reward_llm_commands(reward_actions)
     _add_prefs_commands(commands)
+    _add_sweep_command(commands)
     return parser
 
 

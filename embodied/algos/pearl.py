@@ -167,9 +167,9 @@ def teacher_matrix(teacher, scores, episodes: np.ndarray, starts: np.ndarray, se
                                                             segment_len))[:, 0]  # fmt: skip
     n = len(segment_scores)
     k, l = np.triu_indices(n, 1)
-    # The skip and equal thresholds are shares of the mean segment score, as in label_dataset.
-    per_episode = np.array([r.sum() * segment_len / len(r) for r in scores.get(teacher.score)])
-    scale = abs(float(per_episode.mean())) or 1.0
+    from embodied.rewards.teachers import threshold_scale
+
+    scale = threshold_scale(scores, teacher.score, segment_len)  # as label_dataset's thresholds
     answer, kept = teacher.label(np.stack([segment_scores[k], segment_scores[l]], 1), scale=scale,
                                  rng=np.random.default_rng([seed, 3]))  # fmt: skip
     if not kept.all():

@@ -122,6 +122,13 @@ class ScriptedTeacher:
         return ranking[kept], kept
 
 
+def threshold_scale(step_scores: StepScores, score: str, segment_len: int) -> float:
+    """B-Pref's margin for the skip and equal thresholds: the mean score of a segment-long
+    stretch of an episode (mean episode score × L / mean length)."""
+    per_episode = np.array([r.sum() * segment_len / len(r) for r in step_scores.get(score)])
+    return abs(float(per_episode.mean())) or 1.0
+
+
 def label_dataset(dataset: str, teacher: ScriptedTeacher, queries: int, segment_len: int, k: int = 2,
                   seed: int = 0, step_scores: StepScores | None = None) -> Preferences:  # fmt: skip
     """Draw ``queries`` uniform queries of ``k`` segments from ``dataset`` and label them."""
@@ -130,9 +137,7 @@ def label_dataset(dataset: str, teacher: ScriptedTeacher, queries: int, segment_
     episodes, starts = sample_queries(lengths, queries, segment_len, k, seed)
     per_step = scores_source.segments(teacher.score, episodes, starts, segment_len)
     scores = teacher.segment_scores(per_step)
-    # B-Pref's threshold margin: the mean score of a segment-long stretch of an episode.
-    per_episode = np.array([r.sum() * segment_len / len(r) for r in scores_source.get(teacher.score)])
-    scale = abs(float(per_episode.mean())) or 1.0
+    scale = threshold_scale(scores_source, teacher.score, segment_len)
     answer, kept = teacher.label(scores, scale, np.random.default_rng([seed, 1]))
     info = {"teacher": asdict(teacher), "seed": seed, "asked": queries, "skipped": int((~kept).sum()),
             "threshold_scale": scale}  # fmt: skip

@@ -1,0 +1,182 @@
+"""Scale: gradient updates/s of the offline algorithms (eager and ``torch.compile``) against
+d3rlpy, and the wall-clock speed-up of a sweep from 1 to N Ray workers, one command.
+
+    python -m embodied.bench.scale --updates 200 --rounds 3 --sweep-workers 1 2 --out results/scale.md
+
+Updates/s: IQL, IPL and MTM (MTM at the CPU size of ``embodied.bench.offline_rl``) on the
+same Meta-World dataset as ``embodied.bench.iql_speed`` (push, mixed, 100 episodes), batch
+256 (MTM: 64 segments of 4 steps; IPL: 256 transitions and 8 labelled pairs of 50-step
+segments), every update drawing its own batch; variants take turns for ``--rounds``
+rounds and the median is reported. d3rlpy's IQL runs in its own virtual environment
+(``.venv-d3rlpy``) when present. On a GPU machine pass ``--device cuda``.
+
+Sweep speed-up: one sweep of ``--sweep-trials`` BC trials (2 grid values × seeds) on local
+Ray, run from scratch with each of ``--sweep-workers`` workers; the wall-clock time of the
+whole ``embodied sweep`` (Ray's start included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from embodied.bench.iql_speed import d3rlpy, ours  # noqa: E402
+
+
+SWEEP_DATASET = "bench-reach-mixed-20"
+
+
+def build_agents(dataset, env, device: str, compile_too: bool) -> dict:
+    from embodied.algos.ipl import IPL, IPLConfig
+    from embodied.algos.iql import IQL, IQLConfig
+    from embodied.algos.mtm import MTM, MTMConfig
+    from embodied.bench.offline_rl import CPU_SIZES
+    from embodied.bench.preferences import IPL_SIZES
+
+    makers = {
+        "IQL": lambda: IQL(IQLConfig(), env.observation_space, env.action_space, device),
+        "IPL": lambda: IPL(IPLConfig(hidden_dims=tuple(IPL_SIZES["hidden_dims"]),
+                                     preference_batch_size=IPL_SIZES["preference_batch_size"]),
+                           env.observation_space, env.action_space, device),
+        "MTM": lambda: MTM(MTMConfig(**CPU_SIZES["mtm"]), env.observation_space, env.action_space, device),
+    }  # fmt: skip
+    agents = {}
+    for name, make in makers.items():
+        for compiled in (False, True) if compile_too else (False,):
+            agent = make()
+            agent.prepare(dataset, 10_000)
+            if compiled:
+                agent.compile()
+            agents[(name, "torch.compile" if compiled else "eager")] = agent
+    return agents
+
+
+def time_sweep(workers: int, trials: int, steps: int) -> float:
+    from embodied.run.sweep import sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bc.yaml"
+        config.write_text(yaml.safe_dump({
+            "algo": {"name": "bc"}, "env": {"id": "metaworld/reach-v3"},
+            "data": {"name": SWEEP_DATASET},
+            "train": {"steps": steps, "batch_size": 256, "eval_every": 0, "eval_episodes": 2, "log_every": steps,
+                      "checkpoint_every": steps, "progress": False, "device": "cpu"},
+        }))  # fmt: skip
+        started = time.perf_counter()
+        sweep(config, list(range(trials // 2)), {"algo.lr": ["1e-3", "3e-4"]}, sweep_dir=Path(tmp) / "sweep",
+              workers=workers, log=lambda message: None)  # fmt: skip
+        seconds = time.perf_counter() - started
+    import ray
+
+    ray.shutdown()
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    import embodied
+    from embodied.data import dataset_path, hdf5io, load_dataset
+    from embodied.data.collect import collect
+    from embodied.rewards.teachers import ScriptedTeacher, label_dataset
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--updates", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--d3rlpy-python", type=Path, default=Path(".venv-d3rlpy/bin/python"))
+    parser.add_argument("--sweep-workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--sweep-trials", type=int, default=4)
+    parser.add_argument("--sweep-steps", type=int, default=2000, help="BC updates per sweep trial")
+    parser.add_argument("--out", type=Path, default=Path("results/scale.md"))
+    args = parser.parse_args(argv)
+    command = ("python -m embodied.bench.scale " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    torch.set_num_threads(1)
+
+    name = "bench-push-mixed-100"
+    if not (dataset_path(name) / "data" / "metadata.json").exists():
+        collect("metaworld/push-v3", 100, name=name, quality="mixed", workers=2)
+    dataset = load_dataset(name, device=args.device)
+    dataset.preferences = label_dataset(name, ScriptedTeacher(), 500, 50)
+    env = embodied.make("metaworld/push-v3")
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    agents = build_agents(dataset, env, args.device, not args.no_compile)
+    compile_seconds = {}
+    for key, agent in agents.items():  # warm up (and compile) before any timing
+        started = time.perf_counter()
+        ours(dataset, agent, 1, generator)
+        compile_seconds[key] = time.perf_counter() - started
+    samples: dict[tuple, list[float]] = {key: [] for key in agents}
+    d3rlpy_samples: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        export = Path(tmp) / "d4rl.hdf5"
+        hdf5io.export_d4rl(name, export)
+        for round_index in range(args.rounds):
+            for key, agent in agents.items():
+                updates = args.updates // 4 if key[0] == "MTM" else args.updates
+                samples[key].append(ours(dataset, agent, updates, generator))
+            if args.d3rlpy_python.exists():
+                device = "cuda:0" if args.device.startswith("cuda") else "cpu:0"
+                d3rlpy_samples.append(d3rlpy(export, args.d3rlpy_python, args.updates, device))
+            print(f"round {round_index + 1}: " + ", ".join(f"{k[0]} {k[1]} {v[-1]:.1f}" for k, v in samples.items()),
+                  flush=True)  # fmt: skip
+    if not (dataset_path(SWEEP_DATASET) / "data" / "metadata.json").exists():  # not timed
+        collect("metaworld/reach-v3", 20, name=SWEEP_DATASET, quality="mixed", workers=2)
+    sweep_seconds = {workers: time_sweep(workers, args.sweep_trials, args.sweep_steps) for workers in args.sweep_workers}
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
+        f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread")  # fmt: skip
+    d3rlpy_median = statistics.median(d3rlpy_samples) if d3rlpy_samples else None
+    lines = [
+        "# Scale: updates/s and sweep speed-up",
+        "",
+        f"Made by `{command}` on {device_name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"## Gradient updates/s (median of {args.rounds} interleaved rounds)",
+        "",
+        "| algorithm | variant | updates/s | rounds | first update (s) |",
+        "|---|---|---:|---|---:|",
+    ]
+    for key, values in samples.items():
+        lines.append(f"| {key[0]} | {key[1]} | {statistics.median(values):.1f} | "
+                     f"{', '.join(f'{v:.1f}' for v in values)} | {compile_seconds[key]:.1f} |")  # fmt: skip
+    if d3rlpy_median:
+        ours_iql = statistics.median(samples[("IQL", "eager")])
+        lines.append(f"| IQL | d3rlpy 2.8.1 | {d3rlpy_median:.1f} | {', '.join(f'{v:.1f}' for v in d3rlpy_samples)} "
+                     f"| — |")  # fmt: skip
+        lines += ["", f"Our eager IQL runs at ×{ours_iql / d3rlpy_median:.2f} d3rlpy's IQL (same networks, batch, data)."]
+    else:
+        lines += ["", "d3rlpy: not measured in this run (no `.venv-d3rlpy`; see `embodied.bench.iql_speed`)."]
+    lines += [
+        "",
+        "MTM: width 64, 2 heads (CPU size), 64 segments of 4 steps per update. IPL: 2×256 MLPs, 256 transitions "
+        "plus 8 labelled pairs of 50-step segments per update (1,056 rows, about 4× an IQL batch). "
+        "CORL's single-file IQL is not measured (it is not a package; it needs D4RL and pyrallis). RePo does not "
+        "exist yet. No GPU was lent to this task, so there are no CUDA numbers; `--device cuda` measures them.",
+        "",
+        f"## Sweep wall-clock: {args.sweep_trials} BC trials of {args.sweep_steps} updates on local Ray",
+        "",
+        "| workers | seconds | speed-up |",
+        "|---:|---:|---:|",
+    ]
+    base = sweep_seconds.get(min(sweep_seconds)) if sweep_seconds else None
+    for workers, seconds in sweep_seconds.items():
+        lines.append(f"| {workers} | {seconds:.1f} | ×{base / seconds:.2f} |")
+    lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -56,13 +56,15 @@ TEACHERS: dict[str, dict] = {
 #: learning rate, 2×256 MLPs for every network (IQL's own size; IPL's authors use 3×256).
 REWARD_MODEL = {"members": 3, "hidden_dims": (256, 256), "batch_size": 32, "steps": 400}
 IPL_SIZES = {"hidden_dims": [256, 256], "preference_batch_size": 8}
-VARIANTS = ["true reward", "scripted", "random", "ipl"]
+VARIANTS = ["true reward", "scripted", "random", "ipl", "scripted r(s)"]
+#: Run by default; "scripted r(s)" (the scripted labels, a reward model of the state only) on request.
+DEFAULT_VARIANTS = VARIANTS[:4]
 
 
-def reward_model_config(gaussian: bool = False):
+def reward_model_config(args, gaussian: bool = False, inputs: str = "state_action"):
     from embodied.rewards.models import RewardModelConfig
 
-    return RewardModelConfig(gaussian=gaussian, **REWARD_MODEL)
+    return RewardModelConfig(gaussian=gaussian, inputs=inputs, **{**REWARD_MODEL, "steps": args.reward_steps})
 
 
 def held_out_oracle(dataset: str, args, seed: int):
@@ -96,7 +98,7 @@ def make_labels(variant: str, target: str, args, seed: int):
     from embodied.data.preferences import Preferences, StepScores, sample_queries
     from embodied.rewards.teachers import ScriptedTeacher
 
-    if variant == "scripted":
+    if variant in ("scripted", "scripted r(s)"):
         return scripted_labels(target, args, seed)
     if variant == "random":
         labels = scripted_labels(target, args, seed)
@@ -131,14 +133,14 @@ def run_trial(trial: dict) -> dict:
         teacher = ScriptedTeacher.preset(teacher_args.pop("kind"), **teacher_args)
         labels = label_dataset(target, teacher, args.labels, args.segment_len, seed=seed)
         dataset = load_dataset(target)
-        model, _ = fit_reward_model(dataset, labels, reward_model_config(), seed=seed)
+        model, _ = fit_reward_model(dataset, labels, reward_model_config(args), seed=seed)
         return out | {"label_agreement": agreement(labels, StepScores.read(target)),
                       "accuracy": label_accuracy(model, dataset, held_out_oracle(target, args, seed)),
                       "seconds": time.perf_counter() - started}  # fmt: skip
     if variant == "true reward":
         run_dir, evals = train_once(policy_config("iql", target, seed, args, f"iql-{target}-true-seed{seed}"))
         return out | {"evals": evals, "run_dir": str(run_dir)}
-    slug = variant.replace(" ", "-")
+    slug = variant.replace(" r(s)", "-state").replace(" ", "-")
     if variant == "ipl":
         label_name = f"bench-scripted-{args.labels}-L{args.segment_len}-seed{seed}"
         if not (dataset_path(target) / "preferences" / f"{label_name}.npz").exists():
@@ -151,7 +153,8 @@ def run_trial(trial: dict) -> dict:
     out["gw_seconds"] = labels.info.get("gw_seconds", float("nan"))
     relabelled = f"{target}-rm-{slug}-seed{seed}"
     dataset = load_dataset(target)
-    model, _ = fit_reward_model(dataset, labels, reward_model_config(gaussian=variant.startswith("pearl")), seed=seed)
+    config = reward_model_config(args, gaussian=variant.startswith("pearl"), inputs="state" if "r(s)" in variant else "state_action")
+    model, _ = fit_reward_model(dataset, labels, config, seed=seed)
     out["accuracy"] = label_accuracy(model, dataset, held_out_oracle(target, args, seed))
     relabel_dataset(target, model, relabelled, overwrite=True)
     run_dir, evals = train_once(policy_config("iql", relabelled, seed, args, f"iql-{relabelled}"))
@@ -181,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality", default="medium", help="dataset quality of target and sources")
     parser.add_argument("--sources", nargs="*", default=["button-press-v3", "push-v3"], help="PEARL source tasks")
     parser.add_argument("--teachers", nargs="*", default=list(TEACHERS), help="part (a) teachers")
-    parser.add_argument("--variants", nargs="*", default=VARIANTS, help="part (b)/(c) baselines to run")
+    parser.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, help=f"part (b)/(c) baselines: {VARIANTS}")
+    parser.add_argument("--merge", action="store_true", help="keep earlier invocations' rows from the CSV")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--labels", type=int, default=500, help="scripted labels on the target (a, b, c)")
     parser.add_argument("--held-out", type=int, default=1000, help="fresh oracle pairs to measure accuracy on")
@@ -189,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segments", type=int, default=1000, help="PEARL: segments per task in the transport")
     parser.add_argument("--pairs", type=int, default=2000, help="PEARL: target pairs labelled by transport")
     parser.add_argument("--steps", type=int, default=10_000, help="policy gradient updates")
+    parser.add_argument("--reward-steps", type=int, default=REWARD_MODEL["steps"], help="reward-model updates")
     parser.add_argument("--evals", type=int, default=4)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--episodes", type=int, default=100, help="episodes per collected dataset")
@@ -210,7 +215,13 @@ def main(argv: list[str] | None = None) -> None:
             collect(env_id_of(task), args.episodes, name=name, quality=args.quality, workers=args.workers)
     gw_time = time_gw(args)
     results = run_trials(run_trial, make_trials(args), args.workers, describe)
-    write(results, args, command, gw_time)
+    commands = [command]
+    if args.merge:
+        earlier, earlier_commands = read_earlier(args.out)
+        ran = {(r["part"], r["variant"], r["seed"]) for r in results}
+        results += [r for r in earlier if (r["part"], r["variant"], r["seed"]) not in ran]
+        commands = [c for c in earlier_commands if c != command] + commands
+    write(results, args, commands, gw_time)
     print(args.out.read_text())
 
 
@@ -237,7 +248,28 @@ def time_gw(args) -> dict[str, float]:
     return times
 
 
-def write(results: list[dict], args, command: str, gw_time: dict[str, float]) -> None:
+def read_earlier(out: Path) -> tuple[list[dict], list[str]]:
+    """The results and commands of earlier invocations, from the CSV and Markdown at ``out``."""
+    import re
+
+    results: dict[tuple, dict] = {}
+    csv_path = out.with_suffix(".csv")
+    if csv_path.exists():
+        with open(csv_path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                key = (row["part"], row["variant"], int(row["seed"]))
+                entry = results.setdefault(key, dict(zip(("part", "variant", "seed"), key)))
+                for column in ("label_agreement", "accuracy"):
+                    if row[column] != "":
+                        entry[column] = float(row[column])
+                if row["step"] != "":
+                    entry.setdefault("evals", []).append({"step": float(row["step"]),
+                                                          "eval/success_rate": float(row["success_rate"])})
+    commands = re.findall(r"`(python -m embodied\.bench\.preferences[^`]*)`", out.read_text()) if out.exists() else []
+    return list(results.values()), list(dict.fromkeys(commands))
+
+
+def write(results: list[dict], args, commands: list[str], gw_time: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -254,12 +286,14 @@ def write(results: list[dict], args, command: str, gw_time: dict[str, float]) ->
     lines = [
         "# Learning from preferences: reward models, PEARL and IPL",
         "",
-        f"Made by `{command}`",
+        "Made by (later invocations keep the earlier rows, `--merge`):",
+        "",
+        *[f"- `{c}`" for c in commands],
         "",
         f"{time.strftime('%Y-%m-%d')}, CPU, one torch thread per run, seeds {', '.join(map(str, seeds))} "
         f"(mean ± std over seeds). Target dataset `{target}` (100 episodes); segments of {args.segment_len} steps; "
         f"B-Pref scripted teachers scoring by the env's reward. Reward models: ensembles of "
-        f"{REWARD_MODEL['members']} MLPs {REWARD_MODEL['hidden_dims']}, {REWARD_MODEL['steps']} updates of "
+        f"{REWARD_MODEL['members']} MLPs {REWARD_MODEL['hidden_dims']}, {args.reward_steps} updates of "
         f"{REWARD_MODEL['batch_size']} queries per member (sized for the CPU). Policies: {args.steps} updates, "
         f"success rate of the final policy over {args.eval_episodes} episodes.",
         "",
@@ -271,12 +305,13 @@ def write(results: list[dict], args, command: str, gw_time: dict[str, float]) ->
         "| teacher | label agreement | reward-model accuracy |",
         "|---|---:|---:|",
     ]
-    for teacher in args.teachers:
+    for teacher in [t for t in TEACHERS if any(r["variant"] == t for r in part_a)]:
         rows = [r for r in part_a if r["variant"] == teacher]
         if rows:
             lines.append(f"| {teacher} | {stat([r['label_agreement'] for r in rows])} | "
                          f"{stat([r['accuracy'] for r in rows])} |")  # fmt: skip
-    variants = [v for v in VARIANTS if v in args.variants] + [f"pearl from {s}" for s in args.sources]
+    ran = {r["variant"] for r in part_b}
+    variants = [v for v in VARIANTS if v in ran] + sorted(v for v in ran if v.startswith("pearl"))
     lines += [
         "",
         f"## (b, c) IQL on learned rewards, PEARL, and IPL on `{target}`",
@@ -286,7 +321,8 @@ def write(results: list[dict], args, command: str, gw_time: dict[str, float]) ->
         f"(same quality), entropic GW transports the labels to {args.pairs} target pairs, a Gaussian reward model "
         f"(Robust Reward Learning) learns from them → IQL; no label of the target task is used. ipl: IPL on the "
         f"scripted variant's {args.labels} labels (no reward model). Label agreement: the variant's target labels "
-        "against the target's true reward; reward-model accuracy as in (a).",
+        "against the target's true reward; reward-model accuracy as in (a). scripted r(s): the scripted labels, "
+        "with a reward model of the state alone.",
         "",
         "| variant | label agreement | reward-model accuracy | success rate |",
         "|---|---:|---:|---:|",
@@ -315,7 +351,7 @@ def write(results: list[dict], args, command: str, gw_time: dict[str, float]) ->
                                  r.get("accuracy", "")])  # fmt: skip
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    names = [t for t in args.teachers if any(r["variant"] == t for r in part_a)]
+    names = [t for t in TEACHERS if any(r["variant"] == t for r in part_a)]
     accuracy = [[r["accuracy"] for r in part_a if r["variant"] == t] for t in names]
     left.bar(range(len(names)), [np.mean(a) for a in accuracy], yerr=[np.std(a) for a in accuracy], color="tab:blue")
     left.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)

@@ -13,7 +13,7 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
               "--steps", "4", "--reward-steps", "3", "--evals", "1", "--eval-episodes", "1", "--workers", "1",
               "--run-dir", str(tmp_path / "runs"), "--out", str(out)]  # fmt: skip
     preferences.main([*common, "--teachers", "oracle", "mistake ε=0.3", "--variants", "true reward", "ipl"])
-    preferences.main([*common, "--teachers", "--variants", "scripted r(s)", "--sources", "--merge"])
+    preferences.main([*common, "--teachers", "--variants", "scripted", "--sources", "--state-reward", "--merge"])
 
     with open(out.with_suffix(".csv"), newline="") as handle:
         rows = list(csv.DictReader(handle))

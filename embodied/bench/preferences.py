@@ -56,9 +56,9 @@ TEACHERS: dict[str, dict] = {
 #: learning rate, 2×256 MLPs for every network (IQL's own size; IPL's authors use 3×256).
 REWARD_MODEL = {"members": 3, "hidden_dims": (256, 256), "batch_size": 32, "steps": 400}
 IPL_SIZES = {"hidden_dims": [256, 256], "preference_batch_size": 8}
-VARIANTS = ["true reward", "scripted", "random", "ipl", "scripted r(s)"]
-#: Run by default; "scripted r(s)" (the scripted labels, a reward model of the state only) on request.
-DEFAULT_VARIANTS = VARIANTS[:4]
+VARIANTS = ["true reward", "scripted", "random", "ipl"]
+#: Suffix of the reward-model variants whose model reads the state only (``--state-reward``).
+STATE_ONLY = " r(s)"
 
 
 def reward_model_config(args, gaussian: bool = False, inputs: str = "state_action"):
@@ -98,7 +98,8 @@ def make_labels(variant: str, target: str, args, seed: int):
     from embodied.data.preferences import Preferences, StepScores, sample_queries
     from embodied.rewards.teachers import ScriptedTeacher
 
-    if variant in ("scripted", "scripted r(s)"):
+    variant = variant.removesuffix(STATE_ONLY)
+    if variant == "scripted":
         return scripted_labels(target, args, seed)
     if variant == "random":
         labels = scripted_labels(target, args, seed)
@@ -140,7 +141,7 @@ def run_trial(trial: dict) -> dict:
     if variant == "true reward":
         run_dir, evals = train_once(policy_config("iql", target, seed, args, f"iql-{target}-true-seed{seed}"))
         return out | {"evals": evals, "run_dir": str(run_dir)}
-    slug = variant.replace(" r(s)", "-state").replace(" ", "-")
+    slug = variant.replace(STATE_ONLY, "-state").replace(" ", "-")
     if variant == "ipl":
         label_name = f"bench-scripted-{args.labels}-L{args.segment_len}-seed{seed}"
         if not (dataset_path(target) / "preferences" / f"{label_name}.npz").exists():
@@ -153,7 +154,8 @@ def run_trial(trial: dict) -> dict:
     out["gw_seconds"] = labels.info.get("gw_seconds", float("nan"))
     relabelled = f"{target}-rm-{slug}-seed{seed}"
     dataset = load_dataset(target)
-    config = reward_model_config(args, gaussian=variant.startswith("pearl"), inputs="state" if "r(s)" in variant else "state_action")
+    config = reward_model_config(args, gaussian=variant.startswith("pearl"),
+                                 inputs="state" if variant.endswith(STATE_ONLY) else "state_action")
     model, _ = fit_reward_model(dataset, labels, config, seed=seed)
     out["accuracy"] = label_accuracy(model, dataset, held_out_oracle(target, args, seed))
     relabel_dataset(target, model, relabelled, overwrite=True)
@@ -165,6 +167,8 @@ def make_trials(args) -> list[dict]:
     trials = [{"part": "a", "variant": teacher, "seed": seed, "args": args}
               for teacher in args.teachers for seed in args.seeds]  # fmt: skip
     variants = [v for v in VARIANTS if v in args.variants] + [f"pearl from {s}" for s in args.sources]
+    if args.state_reward:  # only the reward-model variants change
+        variants = [v if v in ("true reward", "ipl") else f"{v}{STATE_ONLY}" for v in variants]
     # Policy trials first (the long ones), so the two workers stay busy to the end.
     return [{"part": "b", "variant": v, "seed": seed, "args": args} for seed in args.seeds for v in variants] + trials
 
@@ -184,7 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality", default="medium", help="dataset quality of target and sources")
     parser.add_argument("--sources", nargs="*", default=["button-press-v3", "push-v3"], help="PEARL source tasks")
     parser.add_argument("--teachers", nargs="*", default=list(TEACHERS), help="part (a) teachers")
-    parser.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, help=f"part (b)/(c) baselines: {VARIANTS}")
+    parser.add_argument("--variants", nargs="*", default=VARIANTS, help="part (b)/(c) baselines to run")
+    parser.add_argument("--state-reward", action="store_true",
+                        help="reward models of the state alone, r(s) (variants named '... r(s)')")
     parser.add_argument("--merge", action="store_true", help="keep earlier invocations' rows from the CSV")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--labels", type=int, default=500, help="scripted labels on the target (a, b, c)")
@@ -311,7 +317,8 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
             lines.append(f"| {teacher} | {stat([r['label_agreement'] for r in rows])} | "
                          f"{stat([r['accuracy'] for r in rows])} |")  # fmt: skip
     ran = {r["variant"] for r in part_b}
-    variants = [v for v in VARIANTS if v in ran] + sorted(v for v in ran if v.startswith("pearl"))
+    order = VARIANTS + [f"{v}{STATE_ONLY}" for v in VARIANTS]
+    variants = [v for v in order if v in ran] + sorted(v for v in ran if v.startswith("pearl"))
     lines += [
         "",
         f"## (b, c) IQL on learned rewards, PEARL, and IPL on `{target}`",
@@ -321,8 +328,8 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
         f"(same quality), entropic GW transports the labels to {args.pairs} target pairs, a Gaussian reward model "
         f"(Robust Reward Learning) learns from them → IQL; no label of the target task is used. ipl: IPL on the "
         f"scripted variant's {args.labels} labels (no reward model). Label agreement: the variant's target labels "
-        "against the target's true reward; reward-model accuracy as in (a). scripted r(s): the scripted labels, "
-        "with a reward model of the state alone.",
+        "against the target's true reward; reward-model accuracy as in (a). r(s): the same "
+        "variant with a reward model of the state alone (`--state-reward`).",
         "",
         "| variant | label agreement | reward-model accuracy | success rate |",
         "|---|---:|---:|---:|",

@@ -16,6 +16,7 @@
     embodied reward refine RUN_DIR "FEEDBACK" [--instruction TEXT] [--model NAME] [...]
     embodied prefs label DATASET --teacher oracle|noisy|mistake|skip|equal|myopic [--eps E] [--beta B]
                      [--gamma G] --pairs N --segment-len L [--k K] [--name NAME]
+                     | label DATASET --teacher vlm --model NAME "TASK" --pairs N [--frames F] [--base-url URL]
                      | list DATASET
                      | reward DATASET --labels NAME --out MODEL.pt [--gaussian] [--relabel NEW]
                      | relabel DATASET --model MODEL.pt --name-out NEW
@@ -409,7 +410,11 @@ def cmd_prefs(args: argparse.Namespace) -> int:
     from embodied.data import preferences as prefs
     from embodied.rewards import models, teachers
 
+    if args.action == "label" and args.teacher == "vlm":
+        return _label_with_vlm(args)
     if args.action == "label":
+        if args.task:
+            raise ValueError(f"a task description is read by the vlm teacher only, not by {args.teacher!r}")
         labels = teachers.label_dataset(args.dataset, _teacher(args), args.pairs, args.segment_len, k=args.k,
                                         seed=args.seed)  # fmt: skip
         name = args.name or f"{args.teacher}-{args.pairs}"
@@ -467,11 +472,44 @@ def cmd_prefs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_with_vlm(args: argparse.Namespace) -> int:
+    from embodied.data import preferences as prefs
+    from embodied.llm import LLMConfig, make_client
+    from embodied.rewards import vlm
+
+    if not args.task:
+        raise ValueError('the vlm teacher needs the task in words: embodied prefs label DATASET --teacher vlm '
+                         '--model NAME "open the drawer"')  # fmt: skip
+    if args.k != 2:
+        raise ValueError("the vlm teacher compares pairs (--k 2)")
+    name = args.name or f"vlm-{args.pairs}"
+    path = prefs.preferences_path(args.dataset, name)
+    if path.exists() and not args.overwrite:
+        raise ValueError(f"label set {name!r} of {args.dataset!r} exists at {path}; choose another --name or --overwrite")
+    client = make_client(LLMConfig(base_url=args.base_url, model=args.model, timeout_s=args.timeout,
+                                   replay=args.replay, record=args.record))  # fmt: skip
+    cache = vlm.LabelCache(args.cache or path.with_name(f"{name}.vlm-cache.jsonl"))
+    teacher = vlm.VLMTeacher(client, args.task, cache, frames=args.frames)
+    from embodied.llm import LLMError
+
+    try:
+        labels = vlm.label_with_vlm(args.dataset, teacher, args.pairs, args.segment_len, seed=args.seed)
+    except LLMError as error:
+        raise ValueError(f"{error} ({len(cache.entries)} answers are kept in {cache.path}: run the same command again "
+                         "to go on from there)") from None
+    prefs.save_preferences(labels, name, overwrite=args.overwrite)
+    info = labels.info
+    print(f"asked {info['asked']} queries ({info['from_cache']} answered from {cache.path}): {len(labels)} labels, "
+          f"{info['cannot_tell']} cannot tell (of which {info['unparsed']} replies did not parse); wrote {path}")
+    return 0
+
+
 def _add_teacher_options(parser: argparse.ArgumentParser, required: bool) -> None:
     from embodied.rewards.teachers import KINDS
 
-    parser.add_argument("--teacher", choices=list(KINDS), required=required, default=None if required else "oracle",
-                        help="B-Pref scripted teacher")  # fmt: skip
+    kinds = [*KINDS, "vlm"] if required else list(KINDS)  # the VLM labels pairs of one dataset, not transfers
+    parser.add_argument("--teacher", choices=kinds, required=required, default=None if required else "oracle",
+                        help="B-Pref scripted teacher, or vlm (a vision-language model; see the VLM options)")  # fmt: skip
     parser.add_argument("--eps", type=float, help="mistake: flip rate; skip/equal: threshold share (default 0.1)")
     parser.add_argument("--beta", type=float, help="noisy: Boltzmann rationality (default 1)")
     parser.add_argument("--gamma", type=float, help="myopic: discount of earlier steps (default 0.9)")
@@ -483,6 +521,7 @@ def _add_prefs_commands(commands) -> None:
     actions = prefs.add_subparsers(dest="action", required=True, metavar="ACTION")
     label = actions.add_parser("label", help="label segment pairs (or K-wise sets) with a scripted teacher")
     label.add_argument("dataset", metavar="DATASET")
+    label.add_argument("task", nargs="?", metavar="TASK", help="vlm teacher: the task in words")
     _add_teacher_options(label, required=True)
     label.add_argument("--pairs", type=int, required=True, help="queries to draw")
     label.add_argument("--segment-len", type=int, default=50, help="steps per segment (B-Pref: 50)")
@@ -490,6 +529,15 @@ def _add_prefs_commands(commands) -> None:
     label.add_argument("--name", help="label set name (default TEACHER-PAIRS)")
     label.add_argument("--seed", type=int, default=0)
     label.add_argument("--overwrite", action="store_true")
+    vlm = label.add_argument_group("VLM teacher (OpenAI-compatible endpoint; defaults from EMBODIED_LLM_* variables)")
+    vlm.add_argument("--model", help="model name (default: $EMBODIED_LLM_MODEL)")
+    vlm.add_argument("--base-url", help="API root, e.g. http://localhost:8000/v1 (default: $EMBODIED_LLM_BASE_URL)")
+    vlm.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    vlm.add_argument("--frames", type=int, default=1, help="frames per segment shown (1: its last; more: a clip)")
+    vlm.add_argument("--cache", metavar="FILE", help="answer cache (default: beside the label set)")
+    recorded = vlm.add_mutually_exclusive_group()
+    recorded.add_argument("--replay", metavar="FILE", help="answer from recorded responses in FILE (no network)")
+    recorded.add_argument("--record", metavar="FILE", help="ask the endpoint and append every answer to FILE")
     listing = actions.add_parser("list", help="label sets stored beside a dataset")
     listing.add_argument("dataset", metavar="DATASET")
     reward = actions.add_parser("reward", help="train a reward model (Bradley-Terry / Plackett-Luce) on a label set")

@@ -431,6 +431,8 @@ def cmd_prefs(args: argparse.Namespace) -> int:
         config = models.RewardModelConfig(steps=args.steps, batch_size=args.batch_size, members=args.members,
                                           gaussian=args.gaussian, inputs=args.inputs)  # fmt: skip
         dataset = load_dataset(args.dataset)
+        if args.observation_key:
+            dataset = dataset.observation_view(args.observation_key)
         labels = prefs.load_preferences(args.dataset, args.labels)
         train, held_out = labels.split(args.held_out, seed=args.seed) if args.held_out > 0 else (labels, None)
         model, metrics = models.fit_reward_model(dataset, train, config, seed=args.seed, progress=True)
@@ -439,7 +441,8 @@ def cmd_prefs(args: argparse.Namespace) -> int:
         models.save_reward_model(model, args.out, extra={"dataset": args.dataset, "labels": args.labels, **metrics})
         print(f"reward model: {', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}; wrote {args.out}")
         if args.relabel:
-            models.relabel_dataset(args.dataset, model, args.relabel, overwrite=args.overwrite)
+            models.relabel_dataset(args.dataset, model, args.relabel, overwrite=args.overwrite,
+                                   observation_key=args.observation_key)
             print(f"wrote {args.relabel}: {args.dataset} with the model's rewards")
     elif args.action == "relabel":
         model = models.load_reward_model(args.model)
@@ -551,6 +554,8 @@ def _add_prefs_commands(commands) -> None:
     reward.add_argument("--members", type=int, default=3)
     reward.add_argument("--held-out", type=float, default=0.1, help="share of labels kept out to measure accuracy")
     reward.add_argument("--relabel", metavar="NEW", help="also write DATASET with the model's rewards as NEW")
+    reward.add_argument("--observation-key", metavar="KEY", help="dict observations: the entry the model reads "
+                        "(e.g. state of a state+pixels dataset labelled by a VLM); NEW keeps only it")  # fmt: skip
     reward.add_argument("--seed", type=int, default=0)
     reward.add_argument("--overwrite", action="store_true")
     relabel = actions.add_parser("relabel", help="copy a dataset with rewards from a reward model")

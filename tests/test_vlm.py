@@ -200,3 +200,41 @@ def test_cli_labels_with_a_vlm_and_reports_what_it_could_not_tell(serve, frame_s
 def test_cli_vlm_errors(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_vlm_labels_train_a_state_reward_model_and_iql_learns_from_the_relabelled_copy(serve, frame_scores, tmp_path,
+                                                                                      capsys):  # fmt: skip
+    from embodied.data import load_dataset, read_episodes
+    from embodied.data.episodes import DatasetError, dataset_spaces
+    from embodied.rewards.models import load_reward_model
+    from embodied.run.config import parse
+    from embodied.run.fit import train
+
+    server = serve(vlm.OracleVLM(frame_scores))
+    assert main(["prefs", "label", "nav-frames", "go to the ring", "--teacher", "vlm", "--model", "m", "--base-url",
+                 server.url, "--pairs", "30", "--segment-len", "5", "--name", "v30"]) == 0  # fmt: skip
+    model_path = tmp_path / "rm.pt"
+    assert main(["prefs", "reward", "nav-frames", "--labels", "v30", "--observation-key", "state", "--out",
+                 str(model_path), "--steps", "20", "--members", "2", "--batch-size", "8", "--relabel",
+                 "nav-frames-vlm"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert dataset_spaces("nav-frames-vlm")["observation_space"].shape == (8,)  # the state only
+    copy = next(iter(read_episodes("nav-frames-vlm")))
+    model = load_reward_model(model_path)
+    import torch
+
+    expected = model.rewards(torch.as_tensor(copy.observations[:-1], dtype=torch.float32), None if
+                             model.config.inputs == "state" else torch.as_tensor(copy.actions)).numpy()  # fmt: skip
+    np.testing.assert_allclose(copy.rewards, expected, rtol=1e-5, atol=1e-6)
+    assert "true_reward" in copy.infos
+    run = train(parse({
+        "algo": {"name": "iql", "hidden_dims": [16, 16]}, "env": {"id": "nav/open-v0", "options": {"max_episode_steps": 30}},
+        "data": {"name": "nav-frames-vlm"},
+        "train": {"steps": 10, "batch_size": 8, "eval_every": 0, "eval_episodes": 1, "log_every": 5,
+                  "checkpoint_every": 10, "run_dir": str(tmp_path / "runs"), "progress": False},
+    }))  # fmt: skip
+    assert (run / "checkpoints" / "step_10.pt").exists()
+    with pytest.raises(DatasetError, match="no observation entry 'depth'"):
+        load_dataset("nav-frames").observation_view("depth")
+    with pytest.raises(DatasetError, match="one array"):
+        load_dataset("nav-state").observation_view("state")

@@ -241,6 +241,20 @@ class Dataset:
     def action_free_fraction(self) -> float:
         return 1.0 - len(self._acted_steps) / max(1, len(self._all_steps))
 
+    def observation_view(self, key: str) -> "Dataset":
+        """The same dataset (arrays shared, not copied) seeing one entry of its dict
+        observations, e.g. the ``state`` of a ``state+pixels`` dataset."""
+        import copy
+
+        if not isinstance(self.observations, Mapping):
+            raise DatasetError(f"{self.name or 'dataset'}: observations are one array; there is no {key!r} entry")
+        if key not in self.observations:
+            raise DatasetError(f"{self.name or 'dataset'}: no observation entry {key!r} (has: "
+                               f"{', '.join(self.observations)})")  # fmt: skip
+        view = copy.copy(self)
+        view.observations = self.observations[key]
+        return view
+
     def episode_returns(self) -> np.ndarray:
         rewards = self.rewards.cpu().numpy()
         return np.array([rewards[s:e].sum() for s, e in zip(self.episode_starts.tolist(), self.episode_ends.tolist())])

@@ -199,15 +199,26 @@ def relabel(dataset, model: RewardModel) -> None:
     dataset.rewards[steps] = model.rewards(obs, actions).to(dataset.rewards.dtype)
 
 
-def relabel_dataset(name: str, model: RewardModel, name_out: str, overwrite: bool = False) -> str:
+def relabel_dataset(name: str, model: RewardModel, name_out: str, overwrite: bool = False,
+                    observation_key: str | None = None) -> str:  # fmt: skip
     """Copy dataset ``name`` to ``name_out`` with rewards from ``model`` (the original
-    rewards kept under ``infos/true_reward``)."""
-    from embodied.data.episodes import dataset_spaces, read_episodes, write_dataset
+    rewards kept under ``infos/true_reward``). With ``observation_key`` the model reads
+    that entry of dict observations and the copy keeps only it (e.g. ``state`` of a
+    ``state+pixels`` dataset labelled from its frames: the copy is what IQL trains on)."""
+    from embodied.data.episodes import DatasetError, dataset_spaces, read_episodes, write_dataset
 
     device = next(model.parameters()).device
+    spaces = dataset_spaces(name)
+    if observation_key is not None:
+        space = spaces["observation_space"]
+        if not hasattr(space, "spaces") or observation_key not in space.spaces:
+            raise DatasetError(f"{name}: no observation entry {observation_key!r} ({space})")
+        spaces["observation_space"] = space[observation_key]
 
     def episodes():
         for episode in read_episodes(name):
+            if observation_key is not None:
+                episode.observations = episode.observations[observation_key]
             obs = torch.as_tensor(np.asarray(episode.observations[:-1], np.float32), device=device)
             actions = None
             if model.config.inputs == "state_action":
@@ -218,7 +229,7 @@ def relabel_dataset(name: str, model: RewardModel, name_out: str, overwrite: boo
             episode.rewards = model.rewards(obs, actions).double().cpu().numpy()
             yield episode
 
-    write_dataset(name_out, episodes(), **dataset_spaces(name), algorithm_name="reward-model-relabel",
+    write_dataset(name_out, episodes(), **spaces, algorithm_name="reward-model-relabel",
                   description=f"{name} with rewards from a preference reward model", overwrite=overwrite)  # fmt: skip
     return name_out
 

@@ -238,3 +238,18 @@ def test_vlm_labels_train_a_state_reward_model_and_iql_learns_from_the_relabelle
         load_dataset("nav-frames").observation_view("depth")
     with pytest.raises(DatasetError, match="one array"):
         load_dataset("nav-state").observation_view("state")
+
+
+def test_vlm_benchmark_end_to_end_at_a_toy_size(tmp_path, monkeypatch):
+    from embodied.bench import vlm_feedback
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    out = tmp_path / "results" / "vlm.md"
+    vlm_feedback.main(["--env", "nav/open-v0", "--dataset", "toy-frames", "--episodes", "4", "--image-size", "32",
+                       "--mistakes", "0.2", "--pairs", "20", "--segment-len", "5", "--reward-steps", "3", "--seeds",
+                       "0", "--steps", "4", "--evals", "1", "--eval-episodes", "1", "--workers", "1", "--run-dir",
+                       str(tmp_path / "runs"), "--out", str(out)])  # fmt: skip
+    text = out.read_text()
+    assert "| true reward | — |" in text and "| VLM, mistake 0.2 |" in text and "`python -m embodied.bench.vlm_feedback" in text
+    assert len(out.with_suffix(".csv").read_text().splitlines()) == 3 and out.with_suffix(".png").exists()
+    assert (tmp_path / "runs" / "vlm-cache" / "mistake0.2-seed0.jsonl").exists()

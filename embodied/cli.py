@@ -451,7 +451,7 @@ def cmd_prefs(args: argparse.Namespace) -> int:
     elif args.action == "transfer":
         from embodied.algos import pearl
 
-        config = pearl.PEARLConfig(source_segments=args.segments, target_segments=args.segments,
+        config = pearl.PEARLConfig(target_segments=args.segments,
                                    target_pairs=args.pairs, gw_epsilon=args.epsilon, features=args.features,
                                    device=args.device)  # fmt: skip
         source, target = load_dataset(args.source), load_dataset(args.target)

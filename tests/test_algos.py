@@ -124,6 +124,9 @@ def test_config_errors_name_the_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("algo: {name: iql}\n")
     assert load(path, ["algo.expectile=0.9", "train.steps=5"]).algo.expectile == 0.9
+    assert load(path, ["algo.actor_lr=1e-3"]).algo.actor_lr == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    with pytest.raises(ConfigError, match=r"algo.actor_lr: 'fast'"):
+        load(path, ["algo.actor_lr=fast"])
     with pytest.raises(ConfigError, match="must look like"):
         load(path, ["algo.expectile"])
 

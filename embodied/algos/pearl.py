@@ -39,8 +39,7 @@ class PEARLConfig:
     on Euclidean distances between segments; ε, segment counts and lengths here are ours
     (the paper's scripted Meta-World labels use B-Pref's 50-step segments)."""
 
-    source_segments: int = 1000  # n_s: segments drawn from the source dataset
-    target_segments: int = 1000  # n_t: segments drawn from the target dataset
+    target_segments: int = 1000  # n_t: segments drawn from the target dataset (the source side is the caller's)
     target_pairs: int = 2000  # labelled target pairs produced
     gw_epsilon: float = 5e-3  # entropic regularisation of GW (on distances scaled to [0, 1])
     gw_max_iter: int = 100  # outer iterations of entropic GW
@@ -130,6 +129,8 @@ def transfer(source_dataset, source: Preferences | np.ndarray, target_dataset, c
     teacher's answers to every pair. Both datasets are loaded :class:`~embodied.data.Dataset` objects."""
     config = config or PEARLConfig()
     if isinstance(source, Preferences):
+        if segment_len is not None and segment_len != source.segment_len:
+            raise ValueError(f"segment_len={segment_len} disagrees with the source label set's {source.segment_len}")
         episodes_s, starts_s, labels, mask = source_label_matrix(source)
         segment_len = source.segment_len
     else:

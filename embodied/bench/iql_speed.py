@@ -27,14 +27,14 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import torch  # noqa: E402
 
 
-def ours(dataset, agent, updates: int, generator) -> float:
+def ours(dataset, agent, updates: int, generator, batch_size: int = 256) -> float:
     synchronize = torch.cuda.synchronize if agent.device.type == "cuda" else (lambda: None)
     for step in range(10):  # warm up
-        agent.update(agent.sample(dataset, 256, generator), step)
+        agent.update(agent.sample(dataset, batch_size, generator), step)
     synchronize()
     start = time.perf_counter()
     for step in range(updates):
-        agent.update(agent.sample(dataset, 256, generator), step)
+        agent.update(agent.sample(dataset, batch_size, generator), step)
     synchronize()
     return updates / (time.perf_counter() - start)
 

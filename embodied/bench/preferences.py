@@ -110,7 +110,7 @@ def make_labels(variant: str, target: str, args, seed: int):
     episodes, starts = sample_queries(load_dataset(source).episode_lengths, args.segments, args.segment_len, 1, seed)
     matrix = pearl.teacher_matrix(ScriptedTeacher(), StepScores.read(source), episodes[:, 0], starts[:, 0],
                                   args.segment_len, seed=seed)  # fmt: skip
-    config = pearl.PEARLConfig(source_segments=args.segments, target_segments=args.segments, target_pairs=args.pairs)
+    config = pearl.PEARLConfig(target_segments=args.segments, target_pairs=args.pairs)
     return pearl.transfer(load_dataset(source), matrix, load_dataset(target), config, seed=seed,
                           source_segments=(episodes[:, 0], starts[:, 0]), segment_len=args.segment_len)  # fmt: skip
 

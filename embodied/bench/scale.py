@@ -35,6 +35,9 @@ from embodied.bench.iql_speed import d3rlpy, ours  # noqa: E402
 
 
 SWEEP_DATASET = "bench-reach-mixed-20"
+#: What one update draws (as in the benchmarks): MTM samples 64 segments of 4 steps, as
+#: many timesteps as IQL's 256 transitions.
+BATCH_SIZES = {"MTM": 64}
 
 
 def build_agents(dataset, env, device: str, compile_too: bool) -> dict:
@@ -74,7 +77,7 @@ def time_sweep(workers: int, trials: int, steps: int) -> float:
                       "checkpoint_every": steps, "progress": False, "device": "cpu"},
         }))  # fmt: skip
         started = time.perf_counter()
-        sweep(config, list(range(trials // 2)), {"algo.lr": ["1e-3", "3e-4"]}, sweep_dir=Path(tmp) / "sweep",
+        sweep(config, list(range(trials // 2)), {"algo.learning_rate": ["1e-3", "3e-4"]}, sweep_dir=Path(tmp) / "sweep",
               workers=workers, log=lambda message: None)  # fmt: skip
         seconds = time.perf_counter() - started
     import ray
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     compile_seconds = {}
     for key, agent in agents.items():  # warm up (and compile) before any timing
         started = time.perf_counter()
-        ours(dataset, agent, 1, generator)
+        ours(dataset, agent, 1, generator, BATCH_SIZES.get(key[0], 256))
         compile_seconds[key] = time.perf_counter() - started
     samples: dict[tuple, list[float]] = {key: [] for key in agents}
     d3rlpy_samples: list[float] = []
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         for round_index in range(args.rounds):
             for key, agent in agents.items():
                 updates = args.updates // 4 if key[0] == "MTM" else args.updates
-                samples[key].append(ours(dataset, agent, updates, generator))
+                samples[key].append(ours(dataset, agent, updates, generator, BATCH_SIZES.get(key[0], 256)))
             if args.d3rlpy_python.exists():
                 device = "cuda:0" if args.device.startswith("cuda") else "cpu:0"
                 d3rlpy_samples.append(d3rlpy(export, args.d3rlpy_python, args.updates, device))

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default="go to the goal marked by the magenta ring")
     parser.add_argument("--dataset", default="nav-rooms-frames")
     parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--noise", type=float, default=1.5, help="scripted policy's action noise when collecting")
+    parser.add_argument("--noise", type=float, default=5.0, help="scripted policy's action noise when collecting (5: about half succeed)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--mistakes", type=float, nargs="*", default=[0.0, 0.2, 0.4], help="fake VLM's error rates")
     parser.add_argument("--margin", type=float, default=0.01, help="fake VLM: 'cannot tell' below this reward gap")

@@ -76,9 +76,9 @@ class IPL(IQL):
     def sample(self, dataset, batch_size: int, generator: torch.Generator):
         pick = torch.randint(len(self._labels), (self.config.preference_batch_size,), device=dataset.device,
                              generator=generator)  # fmt: skip
-        segments = segments_at(dataset, self._query_rows[pick], self._segment_len)  # (B, 2, L+1, ·)
-        terminals = dataset.terminals[self._query_rows[pick][..., None]
-                                      + torch.arange(self._segment_len, device=dataset.device)]  # fmt: skip
+        rows = self._query_rows[pick]
+        segments = segments_at(dataset, rows, self._segment_len)  # (B, 2, L+1, ·)
+        terminals = dataset.terminals[rows[..., None] + torch.arange(self._segment_len, device=dataset.device)]
         return {"segments": segments, "terminals": terminals, "labels": self._labels[pick],
                 "transitions": dataset.sample(batch_size, generator=generator)}  # fmt: skip
 
@@ -99,13 +99,7 @@ class IPL(IQL):
         with torch.no_grad():
             target_q = self.target_critic(obs_actions).min(dim=0).values.squeeze(-1)
 
-        # Value: expectile regression toward the target critics (as IQL).
-        value = self.value(obs).squeeze(-1)
-        difference = target_q - value
-        value_loss = (weights * torch.abs(config.expectile - (difference < 0).float()) * difference.square()).sum()
-        self.value_optimizer.zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.value_optimizer.step()
+        value_loss = self.update_value(obs, target_q, weights)  # as IQL, weighted between the two sources
 
         # Critic: implicit rewards must explain the labels; χ² keeps them small.
         with torch.no_grad():
@@ -122,14 +116,8 @@ class IPL(IQL):
         chi2_loss = config.chi2_coeff * (weights * rewards.square()).sum(-1).mean()
         critic_loss = preference_loss + chi2_loss
         actor_loss = -(weights_actor * self.actor.log_prob(obs, actions)).mean()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        (critic_loss + actor_loss).backward()  # disjoint parameters: one backward for both
-        self.critic_optimizer.step()
-        self.actor_optimizer.step()
-        self.actor_schedule.step()
+        self.step_critic_and_actor(critic_loss, actor_loss)
         with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, self._critic_params, config.tau)
             accuracy = ((logits > 0) == (batch["labels"] > 0.5)).float().mean()
         return {
             "value_loss": value_loss.detach(),

@@ -107,14 +107,7 @@ class IQL(Agent):
         with torch.no_grad():
             target_q = self.target_critic(obs_actions).min(dim=0).values.squeeze(-1)
 
-        # Value: expectile regression toward the target critics.
-        value = self.value(obs).squeeze(-1)
-        difference = target_q - value
-        weight = torch.abs(config.expectile - (difference < 0).float())
-        value_loss = (weight * difference.square()).mean()
-        self.value_optimizer.zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.value_optimizer.step()
+        value_loss = self.update_value(obs, target_q)
 
         # Actor and critics both read the updated V (one forward for s and s').
         with torch.no_grad():
@@ -126,14 +119,7 @@ class IQL(Agent):
         q = self.critic(obs_actions).squeeze(-1)  # (2, batch)
         critic_loss = (q - target).square().mean(dim=1).sum()
         actor_loss = -(weights * self.actor.log_prob(obs, batch.actions)).mean()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        (critic_loss + actor_loss).backward()  # disjoint parameters: one backward for both
-        self.critic_optimizer.step()
-        self.actor_optimizer.step()
-        self.actor_schedule.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, self._critic_params, config.tau)
+        self.step_critic_and_actor(critic_loss, actor_loss)
         return {
             "value_loss": value_loss.detach(),
             "critic_loss": critic_loss.detach(),
@@ -141,6 +127,29 @@ class IQL(Agent):
             "advantage": advantage.mean(),
             "q": q.detach().mean(),
         }
+
+    def update_value(self, obs: torch.Tensor, target_q: torch.Tensor, weights: torch.Tensor | None = None):
+        """One step of expectile regression of V toward the target critics; ``weights``
+        (summing to 1) replace the plain mean over the batch."""
+        difference = target_q - self.value(obs).squeeze(-1)
+        loss = torch.abs(self.config.expectile - (difference < 0).float()) * difference.square()
+        value_loss = loss.mean() if weights is None else (weights * loss).sum()
+        self.value_optimizer.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_optimizer.step()
+        return value_loss
+
+    def step_critic_and_actor(self, critic_loss: torch.Tensor, actor_loss: torch.Tensor) -> None:
+        """Step critics and actor (disjoint parameters: one backward for both), the actor's
+        schedule, and the Polyak-averaged target critics."""
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        (critic_loss + actor_loss).backward()
+        self.critic_optimizer.step()
+        self.actor_optimizer.step()
+        self.actor_schedule.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.config.tau)
 
     def policy(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor(self.normalizer(obs))

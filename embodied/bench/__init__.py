@@ -16,3 +16,33 @@ def run_trials(run_trial, trials: list[dict], workers: int, describe) -> list[di
             results.append(future.result())
             print(f"[{len(results)}/{len(trials)} {time.perf_counter() - start:.0f}s] {describe(results[-1])}", flush=True)
     return results
+
+
+def mean_std(values) -> str:
+    """``"0.70 ± 0.36"`` over the values that are not NaN (``"—"`` when none are)."""
+    import numpy as np
+
+    values = [v for v in values if v == v]
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
+
+
+def plot_mean_std(axis, runs: list[dict], value_of, label: str, **style) -> None:
+    """One curve of runs' evaluations (each run holds ``evals``: rows with ``step``): the mean
+    over runs of ``value_of(row)``, with a ±1 std band."""
+    import numpy as np
+
+    steps = [row["step"] for row in runs[0]["evals"]]
+    curves = np.array([[value_of(row) for row in run["evals"]] for run in runs])
+    mean, std = curves.mean(0), curves.std(0)
+    axis.plot(steps, mean, marker="o", label=label, **style)
+    axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+
+
+def earlier_commands(out, module: str) -> list[str]:
+    """The ``python -m embodied.bench.<module>`` commands written in the Markdown at ``out``, in order."""
+    import re
+    from pathlib import Path
+
+    out = Path(out)
+    found = re.findall(rf"`(python -m embodied\.bench\.{module}[^`]*)`", out.read_text()) if out.exists() else []
+    return list(dict.fromkeys(found))

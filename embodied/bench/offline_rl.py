@@ -42,7 +42,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import run_trials  # noqa: E402
+from embodied.bench import earlier_commands, mean_std, plot_mean_std, run_trials  # noqa: E402
 
 #: MTM sized for one CPU thread. At the paper's size (width 512, batches of 2048
 #: segments) one update takes seconds here (width 512: 0.3 updates/s at 256 segments);
@@ -269,8 +269,7 @@ def read_earlier(out: Path) -> tuple[list[dict], list[str]]:
                     if row.get(column, "") != "":
                         evaluation[metric] = float(row[column])
                 entry["evals"].append(evaluation)
-    commands = re.findall(r"`(python -m embodied\.bench\.offline_rl[^`]*)`", out.read_text()) if out.exists() else []
-    return list(results.values()), list(dict.fromkeys(commands))
+    return list(results.values()), earlier_commands(out, "offline_rl")
 
 
 def write(results: list[dict], args, commands: list[str]) -> None:
@@ -324,7 +323,7 @@ def write(results: list[dict], args, commands: list[str]) -> None:
         cells = []
         for algo in algos:
             finals = [score(task, r["evals"][-1]) for r in groups.get((task, quality, algo), [])]
-            cells.append(f"{np.mean(finals):.2f} ± {np.std(finals):.2f}" if finals else "—")
+            cells.append(mean_std(finals))
         lines.append(f"| {task} | {quality} | {data_score(task, quality):.2f} | " + " | ".join(cells) + " |")
     labelled = [(t, q, r["seed"]) for t, q in panels for r in groups.get((t, q, "iql-mtm"), [])]
     if labelled:
@@ -360,11 +359,7 @@ def write(results: list[dict], args, commands: list[str]) -> None:
             runs = groups.get((task, quality, algo), [])
             if not runs:
                 continue
-            steps = [row["step"] for row in runs[0]["evals"]]
-            curves = np.array([[score(task, row) for row in r["evals"]] for r in runs])
-            mean, std = curves.mean(0), curves.std(0)
-            axis.plot(steps, mean, marker="o", label=COLUMN_TITLES.get(algo, algo))
-            axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            plot_mean_std(axis, runs, lambda row, task=task: score(task, row), COLUMN_TITLES.get(algo, algo))
         axis.set_title(f"{task} / {quality}", fontsize=9)
         axis.set_xlabel("updates")
         axis.set_ylabel("success rate" if env_id_of(task).startswith("metaworld/") else "normalised return")

@@ -39,7 +39,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import run_trials  # noqa: E402
+from embodied.bench import earlier_commands, mean_std, plot_mean_std, run_trials  # noqa: E402
 from embodied.bench.offline_rl import dataset_name, env_id_of, read_evals, train_once  # noqa: E402
 
 #: Teachers of part (a): name -> ScriptedTeacher.preset arguments. Meta-World's per-step
@@ -256,8 +256,6 @@ def time_gw(args) -> dict[str, float]:
 
 def read_earlier(out: Path) -> tuple[list[dict], list[str]]:
     """The results and commands of earlier invocations, from the CSV and Markdown at ``out``."""
-    import re
-
     results: dict[tuple, dict] = {}
     csv_path = out.with_suffix(".csv")
     if csv_path.exists():
@@ -271,8 +269,7 @@ def read_earlier(out: Path) -> tuple[list[dict], list[str]]:
                 if row["step"] != "":
                     entry.setdefault("evals", []).append({"step": float(row["step"]),
                                                           "eval/success_rate": float(row["success_rate"])})
-    commands = re.findall(r"`(python -m embodied\.bench\.preferences[^`]*)`", out.read_text()) if out.exists() else []
-    return list(results.values()), list(dict.fromkeys(commands))
+    return list(results.values()), earlier_commands(out, "preferences")
 
 
 def write(results: list[dict], args, commands: list[str], gw_time: dict[str, float]) -> None:
@@ -280,10 +277,6 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    def stat(values) -> str:
-        values = [v for v in values if v == v]
-        return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
 
     part_a = [r for r in results if r["part"] == "a"]
     part_b = [r for r in results if r["part"] == "b"]
@@ -314,8 +307,8 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
     for teacher in [t for t in TEACHERS if any(r["variant"] == t for r in part_a)]:
         rows = [r for r in part_a if r["variant"] == teacher]
         if rows:
-            lines.append(f"| {teacher} | {stat([r['label_agreement'] for r in rows])} | "
-                         f"{stat([r['accuracy'] for r in rows])} |")  # fmt: skip
+            lines.append(f"| {teacher} | {mean_std([r['label_agreement'] for r in rows])} | "
+                         f"{mean_std([r['accuracy'] for r in rows])} |")  # fmt: skip
     ran = {r["variant"] for r in part_b}
     order = VARIANTS + [f"{v}{STATE_ONLY}" for v in VARIANTS]
     variants = [v for v in order if v in ran] + sorted(v for v in ran if v.startswith("pearl"))
@@ -337,9 +330,9 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
     for variant in variants:
         rows = [r for r in part_b if r["variant"] == variant]
         if rows:
-            lines.append(f"| {variant} | {stat([r.get('label_agreement', np.nan) for r in rows])} | "
-                         f"{stat([r.get('accuracy', np.nan) for r in rows])} | "
-                         f"{stat([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} |")  # fmt: skip
+            lines.append(f"| {variant} | {mean_std([r.get('label_agreement', np.nan) for r in rows])} | "
+                         f"{mean_std([r.get('accuracy', np.nan) for r in rows])} | "
+                         f"{mean_std([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} |")  # fmt: skip
     lines += ["", f"GW transport of {args.segments} × {args.segments} segments "
               f"({args.segment_len} steps × 43 features each): "
               + ", ".join(f"{device} {seconds:.1f} s" for device, seconds in gw_time.items())
@@ -369,10 +362,7 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
         runs = [r for r in part_b if r["variant"] == variant]
         if not runs:
             continue
-        steps = [row["step"] for row in runs[0]["evals"]]
-        curves = np.array([[row.get("eval/success_rate", np.nan) for row in r["evals"]] for r in runs])
-        right.plot(steps, curves.mean(0), marker="o", label=variant)
-        right.fill_between(steps, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.15)
+        plot_mean_std(right, runs, lambda row: row.get("eval/success_rate", np.nan), variant)
     right.set_xlabel("updates")
     right.set_ylabel("success rate")
     right.set_title(f"(b, c) {args.target} / {args.quality}", fontsize=9)

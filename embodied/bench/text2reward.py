@@ -37,7 +37,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import run_trials  # noqa: E402
+from embodied.bench import mean_std, plot_mean_std, run_trials  # noqa: E402
 from embodied.bench.offline_rl import read_evals  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -174,10 +174,6 @@ def main(argv: list[str] | None = None) -> None:
     print(args.out.read_text())
 
 
-def _mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
-
-
 def write(results: list[dict], args, command: str) -> None:
     import matplotlib
 
@@ -200,7 +196,7 @@ def write(results: list[dict], args, command: str) -> None:
         "|---|" + "---:|" * len(args.rewards),
     ]
     for task in args.tasks:
-        cells = [_mean_std([r["evals"][-1].get("eval/success_rate", np.nan) for r in groups.get((task, reward), [])])
+        cells = [mean_std([r["evals"][-1].get("eval/success_rate", np.nan) for r in groups.get((task, reward), [])])
                  for reward in args.rewards]  # fmt: skip
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
 
@@ -243,11 +239,7 @@ def write(results: list[dict], args, command: str) -> None:
             runs = groups.get((task, reward), [])
             if not runs:
                 continue
-            steps = [row["step"] for row in runs[0]["evals"]]
-            curves = np.array([[row.get("eval/success_rate", np.nan) for row in r["evals"]] for r in runs])
-            mean, std = curves.mean(0), curves.std(0)
-            axis.plot(steps, mean, marker="o", markersize=3, label=reward)
-            axis.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            plotmean_std(axis, runs, lambda row: row.get("eval/success_rate", np.nan), reward, markersize=3)
         axis.set_title(task, fontsize=9)
         axis.set_xlabel("env steps")
         axis.set_ylim(-0.05, 1.05)

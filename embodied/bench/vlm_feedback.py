@@ -26,7 +26,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import run_trials  # noqa: E402
+from embodied.bench import mean_std, plot_mean_std, run_trials  # noqa: E402
 from embodied.bench.offline_rl import train_once  # noqa: E402
 
 REWARD_MODEL = {"members": 3, "hidden_dims": (256, 256), "batch_size": 32, "inputs": "state"}
@@ -136,10 +136,6 @@ def write(results: list[dict], args, command: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def stat(values) -> str:
-        values = [v for v in values if v == v]
-        return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
-
     variants = list(dict.fromkeys(r["variant"] for r in sorted(results, key=lambda r: r["variant"] != "true reward")))
     seeds = sorted({r["seed"] for r in results})
     lines = [
@@ -166,9 +162,9 @@ def write(results: list[dict], args, command: str) -> None:
         rows = [r for r in results if r["variant"] == variant]
         labels = f"{np.mean([r['labels'] for r in rows]):.0f} ({np.mean([r['cannot_tell'] for r in rows]):.0f})" \
             if "labels" in rows[0] else "—"
-        lines.append(f"| {variant} | {labels} | {stat([r.get('label_agreement', np.nan) for r in rows])} | "
-                     f"{stat([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} | "
-                     f"{stat([r['evals'][-1].get('eval/return', np.nan) for r in rows])} |")  # fmt: skip
+        lines.append(f"| {variant} | {labels} | {mean_std([r.get('label_agreement', np.nan) for r in rows])} | "
+                     f"{mean_std([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} | "
+                     f"{mean_std([r['evals'][-1].get('eval/return', np.nan) for r in rows])} |")  # fmt: skip
     lines += ["", "(b) LC-RL and (c) PARL are not in this table yet.", "",
               f"![success against updates]({args.out.with_suffix('.png').name})", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,10 +179,7 @@ def write(results: list[dict], args, command: str) -> None:
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for variant in variants:
         runs = [r for r in results if r["variant"] == variant]
-        steps = [row["step"] for row in runs[0]["evals"]]
-        curves = np.array([[row.get("eval/success_rate", np.nan) for row in r["evals"]] for r in runs])
-        axis.plot(steps, curves.mean(0), marker="o", label=variant)
-        axis.fill_between(steps, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.15)
+        plot_mean_std(axis, runs, lambda row: row.get("eval/success_rate", np.nan), variant)
     axis.set_xlabel("IQL updates")
     axis.set_ylabel("success rate")
     axis.set_title(args.env, fontsize=9)

@@ -9,7 +9,8 @@
                      | export NAME FORMAT PATH | strip-actions NAME --fraction F --name-out NEW
                      | label-actions NAME --checkpoint RUN_DIR_OR_FILE --name-out NEW
     embodied train CONFIG.yaml [--set key=value ...] [--reward-code FILE] | --resume RUN_DIR
-    embodied eval CHECKPOINT --episodes N [--video PATH] [--seed S]
+    embodied eval CHECKPOINT --episodes N [--video PATH] [--seed S] [--option KEY=VALUE ...]
+    embodied align RUN_DIR --option KEY=VALUE [...] [--steps N] [--episodes N]   (RePo test-time alignment)
     embodied reward check ENV_ID FILE [--steps N] [--seed S] [--json]
     embodied reward generate ENV_ID "INSTRUCTION" [--model NAME] [--base-url URL] [--few-shot K]
                      [--out FILE] [--replay FILE | --record FILE]
@@ -241,13 +242,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from embodied.run.fit import evaluate_checkpoint
 
-    summary = evaluate_checkpoint(args.checkpoint, args.episodes, seed=args.seed, video=args.video)
+    summary = evaluate_checkpoint(args.checkpoint, args.episodes, seed=args.seed, video=args.video,
+                                  env_options=dict(args.option or []))  # fmt: skip
     line = f"{summary['env']}: return {summary['return_mean']:.2f} ± {summary['return_std']:.2f}"
     if "success_rate" in summary:
         line += f", success rate {summary['success_rate']:.2f}"
     print(line + f" over {args.episodes} episodes")
     for task, rate in summary.get("success_rate_by_task", {}).items():
         print(f"  {task}: success rate {rate:.2f}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from embodied.run.align import align_run
+
+    summary = align_run(args.run_dir, dict(args.option), args.steps, episodes=args.episodes, seed=args.seed,
+                        name=args.name)  # fmt: skip
+    for key in ("source_before", "target_before", "target_after", "source_after"):
+        metrics = summary[key]
+        line = f"{key.replace('_', ' ')}: return {metrics['eval/return']:.2f}"
+        if "eval/success_rate" in metrics:
+            line += f", success rate {metrics['eval/success_rate']:.2f}"
+        print(line)
+    print(f"aligned checkpoint: {summary['out']}")
     if args.json:
         print(json.dumps(summary))
     return 0
@@ -690,7 +709,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--video", metavar="PATH")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--option", "-o", action="append", type=_parse_option, metavar="KEY=VALUE",
+                    help="change an env option for this evaluation, e.g. distractors=colors (a shifted domain)")
     ev.set_defaults(run=cmd_eval)
+
+    al = commands.add_parser("align", help="RePo test-time alignment: adapt a run's encoder to a shifted visual domain")
+    al.add_argument("run_dir", metavar="RUN_DIR")
+    al.add_argument("--option", "-o", action="append", type=_parse_option, metavar="KEY=VALUE", required=True,
+                    help="the target domain: env options changed from the run's, e.g. distractors=colors")
+    al.add_argument("--steps", type=int, default=2000, help="env steps collected in the target domain (no reward used)")
+    al.add_argument("--episodes", type=int, default=10, help="evaluation episodes before and after")
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--name", help="output folder under RUN_DIR/align/ (default: from the options)")
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(run=cmd_align)
 
     reward = commands.add_parser("reward", help="reward programs: generate with an LLM, check, refine")
     reward_actions = reward.add_subparsers(dest="reward_command", required=True, metavar="ACTION")

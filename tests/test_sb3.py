@@ -11,15 +11,16 @@ import torch
 import yaml
 
 import embodied
-from embodied.algos import ONLINE_ALGOS, agent_class
+from conftest import train_killed_at_env_step
+from embodied.algos import agent_class
 from embodied.cli import main
 from embodied.run import checkpoint
 from embodied.run.config import ConfigError, parse
 from embodied.run.fit import evaluate, train
-from embodied.run.online import StepTracker
 
 ROOT = Path(__file__).parent.parent
 REACH_PROGRAM = ROOT / "envs" / "text2reward" / "library" / "metaworld" / "reach-v3.py"
+SB3_ALGOS = ["ppo", "sac"]  # the online algorithms SB3 runs (RePo has tests/test_repo.py)
 EPISODE = 50  # steps per test episode; checkpoints every 2 episodes fall at episode ends
 
 SMALL = {
@@ -28,13 +29,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: threads only add contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def raw_config(algo: str, run_dir, steps: int = 300, **train) -> dict:
@@ -57,7 +52,7 @@ def policy_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
         return torch.load(io.BytesIO(archive.read("policy.pth")))
 
 
-@pytest.mark.parametrize("algo", sorted(ONLINE_ALGOS))
+@pytest.mark.parametrize("algo", SB3_ALGOS)
 def test_cli_train_writes_the_run_and_eval_reports_success(algo, tmp_path, capsys):
     config = tmp_path / f"{algo}.yaml"
     config.write_text(yaml.safe_dump(raw_config(algo, tmp_path / "runs", steps=200)))
@@ -81,7 +76,7 @@ def test_cli_train_writes_the_run_and_eval_reports_success(algo, tmp_path, capsy
     assert "success rate" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("algo", sorted(ONLINE_ALGOS))
+@pytest.mark.parametrize("algo", SB3_ALGOS)
 def test_save_load_gives_identical_actions(algo, tmp_path):
     run_dir = train(parse(raw_config(algo, tmp_path, steps=100)))
     agent = embodied.load(run_dir)
@@ -101,21 +96,11 @@ def test_save_load_gives_identical_actions(algo, tmp_path):
         agent.update(None, 1)
 
 
-@pytest.mark.parametrize("algo", sorted(ONLINE_ALGOS))
+@pytest.mark.parametrize("algo", SB3_ALGOS)
 def test_resume_after_a_kill_ends_with_the_same_weights(algo, tmp_path, monkeypatch):
     # Checkpoints every 2 episodes fall at episode ends: there, resuming is exact on CPU.
     straight = train(parse(raw_config(algo, tmp_path / "straight")))
-    original = StepTracker.__call__
-
-    def killed_at_step_250(self, reward, done, info):
-        if self.step == 250:
-            raise KeyboardInterrupt("killed")
-        original(self, reward, done, info)
-
-    monkeypatch.setattr(StepTracker, "__call__", killed_at_step_250)
-    with pytest.raises(KeyboardInterrupt):
-        train(parse(raw_config(algo, tmp_path / "killed")))
-    monkeypatch.setattr(StepTracker, "__call__", original)
+    train_killed_at_env_step(parse(raw_config(algo, tmp_path / "killed")), 250, monkeypatch)
     run_dir = tmp_path / "killed" / straight.name
     assert checkpoint.latest(run_dir).name == "step_200.pt"
     assert main(["train", "--resume", str(run_dir)]) == 0

@@ -21,6 +21,8 @@ ALGOS: dict[str, str] = {
 ONLINE_ALGOS: dict[str, str] = {
     "sac": "embodied.algos.sb3:SAC",
     "ppo": "embodied.algos.sb3:PPO",
+    "repo": "embodied.algos.repo:RePo",
+    "dreamer": "embodied.algos.repo:Dreamer",
 }
 
 

@@ -58,6 +58,10 @@ class Agent(nn.Module):
         """Deterministic actions for a batch of observations (tensors on the device)."""
         raise NotImplementedError
 
+    def begin_episode(self) -> None:
+        """Called before each episode's first :meth:`act`: agents that carry state across
+        steps (recurrent world models) forget it here. Default: nothing."""
+
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Action(s) for one observation or a batch, as float32 NumPy within the action space."""

@@ -1,16 +1,35 @@
 """Benchmarks whose tables are committed under ``results/`` (each writes its own command beside its table)."""
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the benchmark that spawned it is gone (killed
+    benchmarks must not leave workers training into directories nobody reads)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_trials(run_trial, trials: list[dict], workers: int, describe) -> list[dict]:
     """Run ``run_trial(trial)`` for every trial in ``workers`` spawned processes; print
-    ``describe(result)`` for each as it finishes (with the count and the time so far)."""
+    ``describe(result)`` for each as it finishes (with the count and the time so far).
+    Workers exit within a second when this process is killed."""
     import multiprocessing
     import time
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     results = []
     start = time.perf_counter()
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    import os
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(run_trial, trial) for trial in trials]
         for future in as_completed(futures):
             results.append(future.result())

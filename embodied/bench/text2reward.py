@@ -113,6 +113,18 @@ def run_trial(trial: dict) -> dict:
     }  # fmt: skip
 
 
+def stale(saved: Path, config) -> bool:
+    """Whether the run saved at ``saved`` was made with settings other than ``config``'s."""
+    import yaml
+
+    from embodied.run.config import ConfigError, parse
+
+    try:
+        return parse(yaml.safe_load(saved.read_text())).to_dict() != config.to_dict()
+    except (ConfigError, yaml.YAMLError, TypeError, AttributeError):
+        return True
+
+
 def throughput(run_dir: Path) -> dict[str, float]:
     """Training env steps/s over the whole run (evaluation left out), and the program's ms per step."""
     rows = read_evals(run_dir / "time.csv")
@@ -136,6 +148,61 @@ def throughput(run_dir: Path) -> dict[str, float]:
     return out
 
 
+def env_loop_rate(task: str, reward: str, steps: int) -> float:
+    """Env steps/s of the bare env (random actions, no learner) with ``reward``'s wrapper."""
+    from embodied.envs import make
+
+    options = {"reward_code": str(program_path(task))} if reward == "program" else {}
+    env = make(f"metaworld/{task}", **options)
+    try:
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        start = time.perf_counter()
+        for _ in range(steps):
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                env.reset()
+        return steps / (time.perf_counter() - start)
+    finally:
+        env.close()
+
+
+def plug_speed(args) -> list[dict]:
+    """The plug's cost measured in this one process, one torch thread, nothing else running
+    from this benchmark: for each task, ``--speed-repeats`` rounds that each time the bare env
+    loop and then a short SAC training run (``--speed-steps`` env steps, updates from step
+    1,000) with Meta-World's reward and with the program, alternating so drift hits both."""
+    import shutil
+    import tempfile
+
+    import torch
+
+    from embodied.run.config import parse
+    from embodied.run.fit import run_name, train
+
+    torch.set_num_threads(1)
+    rows = []
+    schedule = argparse.Namespace(**{**vars(args), "steps": args.speed_steps, "evals": 1, "eval_episodes": 1, "checkpoints": 1})
+    with tempfile.TemporaryDirectory(prefix="t2r-speed-") as scratch:
+        schedule.run_dir = Path(scratch)
+        for task in args.tasks:
+            rates: dict[str, dict[str, list[float]]] = {"env": {"loop": [], "sac": []}, "program": {"loop": [], "sac": []}}
+            for _ in range(args.speed_repeats):
+                for reward in ("env", "program"):
+                    rates[reward]["loop"].append(env_loop_rate(task, reward, args.speed_steps))
+                    raw = trial_config(task, reward, 0, schedule)
+                    raw["algo"]["learning_starts"] = min(1000, args.speed_steps // 2)
+                    config = parse(raw)
+                    train(config)
+                    run_dir = Path(config.train.run_dir) / run_name(config)
+                    rates[reward]["sac"].append(throughput(run_dir)["steps_per_second"])
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            rows.append({"task": task, **{f"{reward}_{what}": float(np.median(values))
+                                           for reward, whats in rates.items() for what, values in whats.items()}})
+            print(f"plug speed {task}: {rows[-1]}", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["reach-v3", "push-v3", "drawer-open-v3"])
@@ -150,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-text2reward"))
     parser.add_argument("--out", type=Path, default=Path("results/text2reward.md"))
+    parser.add_argument("--speed-steps", type=int, default=5000,
+                        help="env steps per timing run of the plug's cost (0: skip that measurement)")
+    parser.add_argument("--speed-repeats", type=int, default=3)
     args = parser.parse_args(argv)
     command = "python -m embodied.bench.text2reward " + " ".join(argv if argv is not None else sys.argv[1:])
     for key in ("evals", "checkpoints"):
@@ -162,19 +232,26 @@ def main(argv: list[str] | None = None) -> None:
     ]  # fmt: skip
     from embodied.run.config import ConfigError, parse
 
-    for trial in trials:  # a bad override or schedule fails here, before any worker starts
+    from embodied.run.fit import run_name
+
+    for trial in trials:  # a bad override or schedule, or an earlier run with other settings, fails here
         try:
-            parse(trial["config"])
+            config = parse(trial["config"])
         except ConfigError as error:
             raise SystemExit(f"{trial['task']} {trial['reward']}: {error}") from None
+        saved = Path(config.train.run_dir) / run_name(config) / "config.yaml"
+        if saved.exists() and stale(saved, config):
+            raise SystemExit(f"{saved.parent} holds a run made with other settings; it is not resumed or "
+                             f"overwritten: give another --run-dir, or remove it")  # fmt: skip
     results = run_trials(run_trial, trials, args.workers, lambda r: (
         f"{r['task']} {r['reward']} seed {r['seed']}: success {r['evals'][-1].get('eval/success_rate', float('nan')):.2f}, "
         f"{r['steps_per_second']:.0f} env steps/s"))
-    write(results, args, command.strip())
+    speed = plug_speed(args) if args.speed_steps > 0 and "program" in args.rewards and "env" in args.rewards else []
+    write(results, speed, args, command.strip())
     print(args.out.read_text())
 
 
-def write(results: list[dict], args, command: str) -> None:
+def write(results: list[dict], speed: list[dict], args, command: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,26 +277,29 @@ def write(results: list[dict], args, command: str) -> None:
                  for reward in args.rewards]  # fmt: skip
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
 
-    if "program" in args.rewards and "env" in args.rewards:
+    if speed:
         lines += [
             "",
             "## The plug's cost",
             "",
-            "Training env steps/s (SAC updates included, evaluation left out), median over seeds; the "
-            "program's time per call (one call per env step) is reading the simulator's state, the sandbox "
-            "round trip and the program, as `RewardCode` measures it.",
+            f"Measured after the runs above, in one process with one torch thread and nothing else of this "
+            f"benchmark running: per task, {args.speed_repeats} rounds alternating Meta-World's reward and the "
+            f"program, each round timing the bare env loop (random actions) and a short SAC training run "
+            f"({args.speed_steps} env steps, the same settings, updates from step "
+            f"{min(1000, args.speed_steps // 2)}), median over rounds. Evaluation is left out. The program's "
+            "cost per env step is reading the simulator's state, the sandbox round trip and the program.",
             "",
-            "| task | env steps/s, Meta-World reward | env steps/s, program | slowdown | program ms/call | program errors |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| task | env loop steps/s, Meta-World reward | env loop, program | SAC training steps/s, Meta-World reward "
+            "| SAC training, program | training slowdown | program ms per env step |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for task in args.tasks:
-            env_rate = np.median([r["steps_per_second"] for r in groups.get((task, "env"), [])] or [np.nan])
-            program_runs = groups.get((task, "program"), [])
-            program_rate = np.median([r["steps_per_second"] for r in program_runs] or [np.nan])
-            program_ms = np.median([r.get("program_ms_per_call", np.nan) for r in program_runs] or [np.nan])
-            errors = sum(int(r.get("program_errors", 0)) for r in program_runs)
-            lines.append(f"| {task} | {env_rate:.1f} | {program_rate:.1f} | {100 * (env_rate / program_rate - 1):+.1f} % "
-                         f"| {program_ms:.3f} | {errors} |")  # fmt: skip
+        for row in speed:
+            cost_ms = 1000 * (1 / row["program_loop"] - 1 / row["env_loop"])
+            lines.append(f"| {row['task']} | {row['env_loop']:.0f} | {row['program_loop']:.0f} | {row['env_sac']:.1f} "
+                         f"| {row['program_sac']:.1f} | {100 * (row['env_sac'] / row['program_sac'] - 1):+.1f} % "
+                         f"| {cost_ms:.3f} |")  # fmt: skip
+        errors = sum(int(r.get("program_errors", 0)) for r in results if r["reward"] == "program")
+        lines += ["", f"Reward-program errors over all the training runs above: {errors}."]
     lines += ["", f"![success rate against env steps]({args.out.with_suffix('.png').name})", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
@@ -239,7 +319,7 @@ def write(results: list[dict], args, command: str) -> None:
             runs = groups.get((task, reward), [])
             if not runs:
                 continue
-            plotmean_std(axis, runs, lambda row: row.get("eval/success_rate", np.nan), reward, markersize=3)
+            plot_mean_std(axis, runs, lambda row: row.get("eval/success_rate", np.nan), reward, markersize=3)
         axis.set_title(task, fontsize=9)
         axis.set_xlabel("env steps")
         axis.set_ylim(-0.05, 1.05)

@@ -127,6 +127,8 @@ def collect_episode(env_id: str, options: tuple, behaviour: Behaviour, seed: int
     policy = _policy(env, behaviour)
     low, high = env.action_space.low, env.action_space.high
     obs, info = env.reset(seed=seed + index)
+    if behaviour.policy in _WORKER_AGENTS:  # an agent with memory starts the episode afresh
+        _WORKER_AGENTS[behaviour.policy].begin_episode()
     observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
     successes = [bool(info.get("success", False))]
     done = False

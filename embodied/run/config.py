@@ -151,7 +151,10 @@ def build(cls, values: Mapping[str, Any], where: str = "config"):
             hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ConfigError(f"unknown key '{where}.{key}'.{hint} Valid keys: {', '.join(sorted(names))}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # a config's own check of its values (__post_init__)
+        raise ConfigError(str(error)) from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -94,7 +94,7 @@ def evaluate(agent, env, episodes: int, seed: int) -> dict[str, float]:
     """
     from embodied.run.rollout import rollout
 
-    result = rollout(env, agent.act, episodes, seed=seed)
+    result = rollout(env, agent.act, episodes, seed=seed, begin_episode=getattr(agent, "begin_episode", None))
     metrics = {"eval/return": result.mean_return, "eval/length": float(np.mean(result.lengths))}
     if result.has_success:
         metrics["eval/success_rate"] = result.success_rate
@@ -243,7 +243,8 @@ def evaluate_checkpoint(path: str | Path, episodes: int, seed: int = 0, video: s
     agent = checkpoint.load(path)
     config = agent.run_config
     env = embodied.make(config.env.id, **{**evaluation_options(config.env.options), **(env_options or {})})
-    result = rollout(env, agent.act, episodes, seed=seed, video_episodes=1 if video else 0, video_every=5)
+    result = rollout(env, agent.act, episodes, seed=seed, video_episodes=1 if video else 0, video_every=5,
+                     begin_episode=getattr(agent, "begin_episode", None))
     summary: dict[str, Any] = {"checkpoint": str(path), "env": config.env.id, **result.summary()}
     if video:
         summary["video"] = str(write_video(video, result.frames, fps=min(30, env.metadata.get("render_fps", 30) / 5)))

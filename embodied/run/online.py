@@ -234,8 +234,11 @@ def run(config: RunConfig, run_dir: Path, payload: dict | None) -> Path:
             buffer_name = f"step_{step}.replay.npz" if arrays is not None else None
             if arrays is not None:
                 save_replay_buffer(directory / buffer_name, arrays)
+            # The episode a resumed run starts with: the one in progress, or the next where the
+            # agent resets lazily and the last one has just ended.
+            episode = seeded.episode + 1 if getattr(agent, "awaiting_reset", False) else max(seeded.episode, 0)
             extra = {"rng": checkpoint.rng_state(generator), "loop": agent.loop_state(),
-                     "episode": max(seeded.episode, 0), "reward_code_errors": tracker.reward_code_errors,
+                     "episode": episode, "reward_code_errors": tracker.reward_code_errors,
                      "replay_buffer": buffer_name}  # fmt: skip
             checkpoint.save(directory / f"step_{step}.pt", agent, raw_config, step, extra=extra)
             for old in directory.glob("step_*.replay.npz"):  # buffers are large: the latest is enough to resume

@@ -69,10 +69,12 @@ def rollout(
     seed: int | None = None,
     video_episodes: int = 0,
     video_every: int = 1,
+    begin_episode: Callable[[], None] | None = None,
 ) -> RolloutResult:
     """Run ``episodes`` episodes; the first is reset with ``seed``, the rest continue its stream.
 
-    An episode succeeded if ``info["success"]`` was ever true. Frames from
+    An episode succeeded if ``info["success"]`` was ever true. ``begin_episode()`` (an
+    agent's, for policies with memory) is called after each reset. Frames from
     ``env.render()`` are kept for the first ``video_episodes`` episodes, one every
     ``video_every`` steps (software rendering is slow; a video need not show all).
     """
@@ -84,6 +86,8 @@ def rollout(
     start = time.perf_counter()
     for episode in range(episodes):
         obs, info = env.reset(seed=seed if episode == 0 else None)
+        if begin_episode is not None:
+            begin_episode()
         if "task" in info:
             result.tasks.append(str(info["task"]))
         record = episode < video_episodes

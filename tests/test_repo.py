@@ -1,0 +1,255 @@
+"""RePo and its Dreamer baseline: the world model's objectives, acting with memory, the
+online loop (checkpoints with the replay, exact resume, eval), and test-time alignment."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import embodied
+from conftest import train_killed_at_env_step
+from embodied.algos.repo import Dreamer, RePo, RePoConfig, TanhGaussian, lambda_returns
+from embodied.cli import main
+from embodied.data.replay import SequenceReplay
+from embodied.nets.rssm import ConvDecoder, ConvEncoder
+from embodied.run import checkpoint
+from embodied.run.config import ConfigError, parse
+from embodied.run.fit import train
+
+ENV = "nav/open-v0"
+# Tiny frames, fixed-length episodes (no early end on success), so checkpoints fall at episode ends.
+OPTIONS = {"obs": "pixels", "image_size": 16, "max_episode_steps": 25, "terminate_on_success": False}
+TINY = {"embedding_dim": 32, "deter_dim": 24, "stoch_dim": 6, "hidden_dim": 24, "cnn_depth": 4, "batch_size": 3,
+        "seq_len": 6, "horizon": 4, "prefill": 30, "train_every": 10, "train_steps": 2, "inverse_hidden": 16,
+        "disc_hidden": 16, "buffer_size": 1000}  # fmt: skip
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def make_env(**options):
+    return embodied.make(ENV, **{**OPTIONS, **options})
+
+
+def agent_in(env, **config) -> RePo:
+    cls = Dreamer if config.get("objective") == "dreamer" else RePo
+    agent = cls(RePoConfig(**{**TINY, **config}), env.observation_space, env.action_space, "cpu")
+    agent.seed(0)
+    agent.attach(env)
+    return agent
+
+
+def raw_config(run_dir, algo="repo", steps=100, **train) -> dict:
+    return {
+        "algo": {"name": algo, **TINY},
+        "env": {"id": ENV, "options": dict(OPTIONS)},
+        "train": {"steps": steps, "eval_every": 0, "eval_episodes": 1, "log_every": 25, "checkpoint_every": 50,
+                  "run_dir": str(run_dir), "progress": False, **train},
+    }  # fmt: skip
+
+
+# --- pieces ------------------------------------------------------------------------------
+def test_replay_windows_never_cross_the_write_position_and_start_fresh():
+    replay = SequenceReplay(10, (2,), np.float32, 1)
+    for i in range(14):  # wraps: steps 4..13 are kept, the write position is at 4
+        replay.add(np.full(2, i, np.float32), np.array([i], np.float32), float(i), is_first=i % 5 == 0)
+    assert len(replay) == 10 and replay.full
+    rng = np.random.default_rng(0)
+    batch = replay.sample(200, 4, rng)
+    steps = batch["obs"][..., 0].numpy()  # (4, 200): the step each entry came from
+    assert np.all(np.diff(steps, axis=0) == 1)  # consecutive, never across the oldest/newest seam
+    assert steps.min() >= 4 and steps.max() <= 13
+    assert batch["is_first"][0].all()  # a window starts with no memory
+    np.testing.assert_array_equal(batch["has_reward"].numpy(), steps % 5 != 0)  # but a true first step has no reward
+    again = SequenceReplay(10, (2,), np.float32, 1)
+    again.load_arrays(replay.arrays())
+    np.testing.assert_array_equal(again.obs, replay.obs)
+    assert (again.position, again.full) == (replay.position, replay.full)
+    with pytest.raises(ValueError, match="does not fit"):
+        SequenceReplay(10, (3,), np.float32, 1).load_arrays(replay.arrays())
+    with pytest.raises(ValueError, match="fewer than one window"):
+        SequenceReplay(10, (2,), np.float32, 1).sample(1, 4, rng)
+
+
+def test_image_encoders_need_power_of_two_squares():
+    encoder, decoder = ConvEncoder((32, 32, 3), 16, depth=4), ConvDecoder(10, (32, 32, 3), depth=4)
+    images = torch.randint(0, 255, (2, 5, 32, 32, 3), dtype=torch.uint8)
+    assert encoder(images).shape == (2, 5, 16)
+    assert decoder(torch.zeros(2, 5, 10)).shape == (2, 5, 32, 32, 3)
+    with pytest.raises(ValueError, match="8, 16, 32, 64"):
+        ConvEncoder((48, 48, 3), 16)
+
+
+def test_lambda_returns_match_the_recursion_by_hand():
+    rewards, values = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.5, 3.0])
+    gamma, lam = 0.9, 0.8
+    g1 = 2.0 + gamma * ((1 - lam) * 3.0 + lam * 3.0)
+    g0 = 1.0 + gamma * ((1 - lam) * 1.5 + lam * g1)
+    torch.testing.assert_close(lambda_returns(rewards, values, gamma, lam), torch.tensor([g0, g1]))
+
+
+def test_tanh_gaussian_log_prob_is_the_change_of_variables():
+    torch.manual_seed(0)
+    out = torch.cat([torch.randn(4, 3), torch.full((4, 3), -6.0)], -1)  # std ≈ 0.3: tanh far from saturation
+    distribution = TanhGaussian(out)
+    action, log_prob = distribution.rsample()
+    raw = torch.atanh(action.clamp(-1 + 1e-6, 1 - 1e-6))
+    expected = (distribution.normal.log_prob(raw) - torch.log1p(-action**2 + 1e-12)).sum(-1)
+    torch.testing.assert_close(log_prob, expected, atol=2e-3, rtol=1e-3)
+    assert action.abs().max() < 1
+
+
+# --- the objectives ------------------------------------------------------------------------
+def test_repo_trains_no_encoder_on_pixels_and_dreamer_does():
+    """RePo's decoder is a probe on detached latents; Dreamer's reconstruction shapes the encoder."""
+    for objective, reaches_encoder in (("repo", False), ("dreamer", True)):
+        env = make_env()
+        agent = agent_in(env, objective=objective)
+        agent.learn(40, lambda *step: None)
+        batch = agent.replay.sample(3, 6, agent.rng)
+        _, _, _, metrics = agent.model_loss(batch)
+        agent.zero_grad()
+        metrics["obs_loss"].backward()
+        grads = [p.grad for p in agent.encoder.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads) == reaches_encoder, objective
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.decoder.parameters())
+        env.close()
+
+
+def test_the_dual_variable_grows_over_budget_and_shrinks_under_it():
+    env = make_env()
+    for target_kl, grows in ((0.0, True), (1000.0, False)):
+        agent = agent_in(env, target_kl=target_kl, beta_lr=0.05, init_beta=1.0)
+        agent.learn(30, lambda *step: None)  # prefill only
+        before = agent.log_beta.item()
+        for _ in range(5):
+            agent.update(agent.replay.sample(3, 6, agent.rng))
+        assert (agent.log_beta.item() > before) == grows
+    dreamer = agent_in(env, objective="dreamer")
+    dreamer.learn(30, lambda *step: None)
+    before = dreamer.log_beta.item()
+    metrics = dreamer.update(dreamer.replay.sample(3, 6, dreamer.rng))
+    assert dreamer.log_beta.item() == before and "train/beta" not in metrics
+    env.close()
+
+
+def test_update_act_save_load(tmp_path):
+    env = make_env()
+    agent = agent_in(env)
+    before = [p.detach().clone() for p in agent.parameters()]
+    steps = []
+    agent.learn(60, lambda reward, done, info: steps.append(done))
+    assert len(steps) == 60 and sum(steps) == 2 and agent.updates == 4 * 2  # rounds at steps 30, 40, 50, 60
+    metrics = agent.training_metrics()
+    assert {"train/reward_loss", "train/kl", "train/beta", "train/actor_loss", "train/value_loss"} <= metrics.keys()
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.parameters()))
+
+    frames = [env.reset(seed=5)[0]] + [env.step(env.action_space.sample())[0] for _ in range(4)]
+    agent.begin_episode()
+    actions = [agent.act(frame) for frame in frames]
+    assert all(a.shape == (2,) and a.dtype == np.float32 and env.action_space.contains(a) for a in actions)
+    agent.begin_episode()
+    np.testing.assert_array_equal([agent.act(frame) for frame in frames], actions)  # memory reset, same actions
+
+    config = parse(raw_config(tmp_path))
+    loaded = embodied.load(checkpoint.save(tmp_path / "agent.pt", agent, config.to_dict(), step=60))
+    assert type(loaded) is RePo
+    loaded.begin_episode()
+    np.testing.assert_array_equal([loaded.act(frame) for frame in frames], actions)
+    for key, value in agent.state_dict()["modules"].items():
+        assert torch.equal(value, loaded.state_dict()["modules"][key]), key
+    with pytest.raises(NotImplementedError, match="act"):
+        agent.policy(torch.zeros(1, 16, 16, 3))
+    env.close()
+
+
+def test_state_vectors_work_too():
+    env = embodied.make(ENV, max_episode_steps=25, terminate_on_success=False)
+    agent = agent_in(env)
+    agent.learn(50, lambda *step: None)
+    assert agent.updates > 0 and np.isfinite(agent.training_metrics()["train/model_loss"])
+    agent.begin_episode()
+    assert agent.act(env.reset(seed=0)[0]).shape == (2,)
+
+
+def test_bad_configs_are_refused_with_the_key(tmp_path):
+    for key, value, match in (("objective", "world", "objective must be one of repo, dreamer"),
+                              ("alignment", "exact", "alignment must be one of"),
+                              ("seq_len", 1, "seq_len must be >= 2")):  # fmt: skip
+        raw = raw_config(tmp_path)
+        raw["algo"][key] = value
+        with pytest.raises(ConfigError, match=match):
+            parse(raw)
+    env = embodied.make(ENV, obs="state+pixels", image_size=16)
+    with pytest.raises(TypeError):
+        RePo(RePoConfig(**TINY), env.observation_space, env.action_space, "cpu")
+
+
+# --- the online loop -----------------------------------------------------------------------
+def test_cli_train_eval_and_exact_resume_after_a_kill(tmp_path, capsys, monkeypatch):
+    config_path = tmp_path / "repo.yaml"
+    config_path.write_text(yaml.safe_dump(raw_config(tmp_path / "straight", eval_every=50)))
+    assert main(["train", str(config_path)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    straight = Path(out.split("run: ")[1].splitlines()[0])
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == [
+        "step_100.pt", "step_100.replay.npz", "step_50.pt"]  # fmt: skip
+    header = (straight / "train.csv").read_text().splitlines()[0]
+    assert "train/kl" in header and "train/beta" in header and "train/episode_return" in header
+    assert "eval/return" in (straight / "eval.csv").read_text()
+    assert main(["eval", str(straight), "--episodes", "1"]) == 0
+    assert "return" in capsys.readouterr().out
+
+    train_killed_at_env_step(parse(raw_config(tmp_path / "killed", eval_every=50)), 80, monkeypatch)
+    run_dir = tmp_path / "killed" / straight.name
+    assert checkpoint.latest(run_dir).name == "step_50.pt"
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    expected = checkpoint.read(straight / "checkpoints" / "step_100.pt")["agent"]["modules"]
+    resumed = checkpoint.read(run_dir / "checkpoints" / "step_100.pt")["agent"]["modules"]
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+
+
+# --- test-time alignment ---------------------------------------------------------------------
+def test_align_adapts_only_the_encoder_and_writes_a_target_checkpoint(tmp_path, capsys):
+    run_dir = train(parse(raw_config(tmp_path, steps=100)))
+    agent = embodied.load(run_dir)
+    frozen_before = {k: v.clone() for k, v in agent.state_dict()["modules"].items() if not k.startswith("encoder.")}
+    encoder_before = {k: v.clone() for k, v in agent.encoder.state_dict().items()}
+
+    assert main(["align", str(run_dir), "--option", "distractors=colors", "--steps", "40",
+                 "--episodes", "1", "--json"]) == 0, capsys.readouterr().err  # fmt: skip
+    out = capsys.readouterr().out
+    assert "target before" in out and "target after" in out
+    aligned_dir = run_dir / "align" / "distractors-colors"
+    summary = yaml.safe_load((aligned_dir / "summary.json").read_text())
+    assert summary["target_options"] == {"distractors": "colors"} and "eval/return" in summary["target_after"]
+    assert (aligned_dir / "align.csv").read_text().startswith("step,align/disc_loss")
+    aligned = embodied.load(aligned_dir)
+    assert aligned.run_config.env.options["distractors"] == "colors"
+    state = aligned.state_dict()["modules"]
+    for key, value in frozen_before.items():
+        assert torch.equal(state[key], value), key  # dynamics, heads, actor, value untouched
+    assert any(not torch.equal(aligned.encoder.state_dict()[k], v) for k, v in encoder_before.items())
+    assert main(["eval", str(aligned_dir), "--episodes", "1"]) == 0
+
+
+def test_align_errors_say_what_is_missing(tmp_path, capsys):
+    from embodied.run.align import align_run
+
+    run_dir = train(parse(raw_config(tmp_path, steps=50)))
+    with pytest.raises(ValueError, match="nothing to align to"):
+        align_run(run_dir, {}, steps=10)
+    with pytest.raises(ValueError, match="--steps must be >= 1"):
+        align_run(run_dir, {"distractors": "colors"}, steps=0)
+    (run_dir / "checkpoints" / "step_50.replay.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="replay buffer"):
+        align_run(run_dir, {"distractors": "colors"}, steps=10)
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        align_run(tmp_path / "nowhere", {"distractors": "colors"}, steps=10)
+    with pytest.raises(SystemExit):  # --option is required
+        main(["align", str(run_dir)])
+    assert "--option" in capsys.readouterr().err

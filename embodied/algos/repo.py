@@ -286,18 +286,7 @@ class RePo(Agent):
     def update(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
         """One world-model step, one dual step (RePo) and one actor and value step."""
         c = self.config
-        loss, kl_balanced, posterior, metrics = self.model_loss(batch)
-        self.model_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.world_model_parameters(), c.grad_clip)
-        self.model_optimizer.step()
-        if c.objective == "repo":
-            beta_loss = -self.log_beta * (kl_balanced.detach() - c.target_kl)
-            self.beta_optimizer.zero_grad(set_to_none=True)
-            beta_loss.backward()
-            self.beta_optimizer.step()
-            metrics["beta"] = self.log_beta.exp().detach()
-
+        posterior, metrics = self.update_world_model(batch)
         actor_loss, value_loss, behaviour = self.behaviour_losses(posterior.detach().flatten())
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
@@ -309,7 +298,23 @@ class RePo(Agent):
         self.value_optimizer.step()
         self.updates += 1
         return {f"train/{k}": v.detach() for k, v in
-                {**metrics, **behaviour, "model_loss": loss, "actor_loss": actor_loss, "value_loss": value_loss}.items()}  # fmt: skip
+                {**metrics, **behaviour, "actor_loss": actor_loss, "value_loss": value_loss}.items()}  # fmt: skip
+
+    def update_world_model(self, batch: dict[str, torch.Tensor]) -> tuple[Latent, dict[str, torch.Tensor]]:
+        """One step of the world model (and of β under RePo); returns the posteriors and metrics."""
+        c = self.config
+        loss, kl_balanced, posterior, metrics = self.model_loss(batch)
+        self.model_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.world_model_parameters(), c.grad_clip)
+        self.model_optimizer.step()
+        if c.objective == "repo":
+            beta_loss = -self.log_beta * (kl_balanced.detach() - c.target_kl)
+            self.beta_optimizer.zero_grad(set_to_none=True)
+            beta_loss.backward()
+            self.beta_optimizer.step()
+            metrics["beta"] = self.log_beta.exp().detach()
+        return posterior, {**metrics, "model_loss": loss.detach()}
 
     # --- acting --------------------------------------------------------------------------
     def _to_env(self, action: torch.Tensor) -> torch.Tensor:

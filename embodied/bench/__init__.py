@@ -65,3 +65,30 @@ def earlier_commands(out, module: str) -> list[str]:
     out = Path(out)
     found = re.findall(rf"`(python -m embodied\.bench\.{module}[^`]*)`", out.read_text()) if out.exists() else []
     return list(dict.fromkeys(found))
+
+
+def write_section(out, title: str, heading: str, body: list[str]) -> None:
+    """Put a ``## heading`` section into the Markdown at ``out`` (whose first line is
+    ``# title``), replacing the section of that heading and keeping the others, in
+    heading order: several benchmarks share one results file, each writing its part."""
+    from pathlib import Path
+
+    out = Path(out)
+    sections: dict[str, list[str]] = {}
+    if out.exists():
+        current = None
+        for line in out.read_text().splitlines():
+            if line.startswith("## "):
+                current = line
+                sections[current] = []
+            elif current is not None:
+                sections[current].append(line)
+    sections[f"## {heading}"] = [""] + body
+    lines = [f"# {title}", ""]
+    for key in sorted(sections):
+        lines += [key, *sections[key]]
+        while lines[-1] == "":
+            lines.pop()
+        lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))

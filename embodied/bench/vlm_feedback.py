@@ -26,7 +26,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import mean_std, plot_mean_std, run_trials  # noqa: E402
+from embodied.bench import mean_std, plot_mean_std, run_trials, write_section  # noqa: E402
 from embodied.bench.offline_rl import train_once  # noqa: E402
 
 REWARD_MODEL = {"members": 3, "hidden_dims": (256, 256), "batch_size": 32, "inputs": "state"}
@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     print(args.out.read_text())
 
 
+TITLE = "Rewards from language, a VLM's eyes, and bilevel alignment"
+
+
 def write(results: list[dict], args, command: str) -> None:
     import matplotlib
 
@@ -139,10 +142,6 @@ def write(results: list[dict], args, command: str) -> None:
     variants = list(dict.fromkeys(r["variant"] for r in sorted(results, key=lambda r: r["variant"] != "true reward")))
     seeds = sorted({r["seed"] for r in results})
     lines = [
-        "# Rewards from language, a VLM's eyes, and bilevel alignment",
-        "",
-        "## (a) VLM-labelled preferences → reward model → IQL",
-        "",
         f"Made by `{command}`",
         "",
         f"{time.strftime('%Y-%m-%d')}, CPU, one torch thread per run, seeds {', '.join(map(str, seeds))} (mean ± std). "
@@ -165,10 +164,8 @@ def write(results: list[dict], args, command: str) -> None:
         lines.append(f"| {variant} | {labels} | {mean_std([r.get('label_agreement', np.nan) for r in rows])} | "
                      f"{mean_std([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} | "
                      f"{mean_std([r['evals'][-1].get('eval/return', np.nan) for r in rows])} |")  # fmt: skip
-    lines += ["", "(b) LC-RL and (c) PARL are not in this table yet.", "",
-              f"![success against updates]({args.out.with_suffix('.png').name})", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    lines += ["", f"![success against updates]({args.out.with_suffix('.png').name})"]
+    write_section(args.out, TITLE, "(a) VLM-labelled preferences → reward model → IQL", lines)
     with open(args.out.with_suffix(".csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["variant", "seed", "step", "success_rate", "return", "label_agreement"])

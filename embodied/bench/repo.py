@@ -1,0 +1,324 @@
+"""RePo against its Dreamer baseline, with and without visual distractors, then test-time
+alignment to a shifted domain, and what the latent keeps of action-independent noise.
+
+    python -m embodied.bench.repo --envs nav/open-v0 mujoco/Reacher-v5 \
+        --distractors none video,noisy_tv --seeds 0 1 2 --steps 6000 --workers 2
+
+Three parts, each written to ``--out`` (Markdown), a CSV and a plot:
+
+1. **Control**: every (env, distractors, objective, seed) is one ``embodied train`` run of
+   ``configs/repo/<env>-distracted.yaml`` with the distractors replaced and the CPU sizes
+   below (``--set`` overrides them); evaluation return against env steps.
+2. **Alignment**: each RePo run trained without distractors is aligned
+   (``embodied align``, no reward) to ``--align-to`` (default: new colours); return in
+   the shifted domain before and after, and in the source domain after.
+3. **Latent probe** (``--probe-updates``, state observations, quick): the navigation
+   state with ``--noise-dims`` dims of fresh Gaussian noise appended each step (an
+   action-independent "noisy TV" in state space). World models train on random-policy
+   data; a decoder on detached latents (RePo's probe; Dreamer's own decoder) says how
+   much of each part the latent holds: R² of the agent's position and of the noise on
+   held-out episodes. RePo should keep the position and drop the noise; Dreamer keeps both.
+
+World-model speed (updates/s at the benchmark's size, one torch thread) is timed in this
+process after the runs, for both objectives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from embodied.bench import mean_std, plot_mean_std, run_trials  # noqa: E402
+from embodied.bench.offline_rl import train_once  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+CONFIGS = {"nav/open-v0": "nav-open-distracted.yaml", "mujoco/Reacher-v5": "mujoco-reacher-distracted.yaml"}
+#: Sizes that train here in minutes (RePo's are Dreamer v1's: 64x64 images, embedding 1024,
+#: h 200, z 30, batch 50 x 50); the update-to-data ratio stays RePo's 100 per 500 env steps.
+CPU_SIZES = {
+    "embedding_dim": 256, "deter_dim": 100, "stoch_dim": 16, "hidden_dim": 100, "cnn_depth": 16,
+    "batch_size": 16, "seq_len": 32, "prefill": 1000, "train_every": 100, "train_steps": 20,
+    "inverse_hidden": 128, "disc_hidden": 128,
+}  # fmt: skip
+IMAGE_SIZE = 32
+
+
+def trial_config(env_id: str, distractors: str, objective: str, seed: int, args) -> dict:
+    from embodied.run.config import apply_overrides
+
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "repo" / CONFIGS[env_id]).read_text())
+    raw["algo"] = {"name": objective, **CPU_SIZES}
+    options = dict(raw["env"]["options"])
+    options["image_size"] = IMAGE_SIZE
+    options.pop("distractors", None)
+    if distractors != "none":
+        options["distractors"] = distractors
+    raw["env"]["options"] = options
+    tag = distractors.replace(",", "+")
+    raw["train"] = {
+        "steps": args.steps, "seed": seed, "eval_every": args.steps // args.evals, "eval_episodes": args.eval_episodes,
+        "log_every": max(1, args.steps // 20), "checkpoint_every": args.steps, "run_dir": str(args.run_dir),
+        "name": f"{objective}-{env_id.replace('/', '-')}-{tag}-seed{seed}", "progress": False, "device": "cpu",
+    }  # fmt: skip
+    return apply_overrides(raw, args.set or [])
+
+
+def run_trial(trial: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    run_dir, evals = train_once(trial["config"])
+    result = {key: trial[key] for key in ("env", "distractors", "objective", "seed")} | {
+        "run_dir": str(run_dir), "evals": evals}  # fmt: skip
+    if trial.get("align_to"):
+        from embodied.run.align import align_run
+
+        summary = align_run(run_dir, trial["align_to"], trial["align_steps"], episodes=trial["eval_episodes"],
+                            seed=trial["seed"], name="bench")  # fmt: skip
+        result["align"] = {key: summary[key]["eval/return"] for key in
+                           ("source_before", "target_before", "target_after", "source_after")}  # fmt: skip
+    return result
+
+
+# --- the latent probe ----------------------------------------------------------------------
+def noisy_state_env(noise_dims: int, seed: int):
+    """nav/open-v0's state with ``noise_dims`` fresh N(0, 1) numbers appended every step."""
+    import gymnasium as gym
+
+    import embodied
+
+    class AppendNoise(gym.ObservationWrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            low = np.concatenate([env.observation_space.low, np.full(noise_dims, -np.inf)]).astype(np.float32)
+            self.observation_space = gym.spaces.Box(low, -low, dtype=np.float32)
+            self.noise = np.random.default_rng(seed + 7919)
+
+        def observation(self, observation):
+            return np.concatenate([observation, self.noise.standard_normal(noise_dims)]).astype(np.float32)
+
+    return AppendNoise(embodied.make("nav/open-v0", terminate_on_success=False))
+
+
+def probe_trial(trial: dict) -> dict:
+    """Train a world model on random-policy data and measure what its latent holds."""
+    import torch
+
+    from embodied.algos.repo import Dreamer, RePo, RePoConfig
+    from embodied.data.replay import SequenceReplay
+
+    torch.set_num_threads(1)
+    torch.manual_seed(trial["seed"])
+    env = noisy_state_env(trial["noise_dims"], trial["seed"])
+    sizes = {k: v for k, v in CPU_SIZES.items() if k not in ("prefill", "train_every", "train_steps")}
+    config = RePoConfig(objective=trial["objective"], **sizes, prefill=10**9)  # random actions only, no updates
+    agent = (RePo if trial["objective"] == "repo" else Dreamer)(config, env.observation_space, env.action_space, "cpu")
+    agent.seed(trial["seed"])
+    agent.attach(env)
+    agent.learn(trial["data_steps"], lambda *step: None)
+    start = time.perf_counter()
+    for _ in range(trial["updates"]):
+        agent.update_world_model(agent.replay.sample(config.batch_size, config.seq_len, agent.rng))
+    seconds = time.perf_counter() - start
+
+    held_out = SequenceReplay(trial["data_steps"] + 2, env.observation_space.shape, np.float32, agent.action_dim)
+    agent.replay, agent.env_steps = held_out, 0
+    env.reset(seed=trial["seed"] + 100_000)
+    agent.attach(env)
+    agent.learn(2000, lambda *step: None)
+    with torch.no_grad():
+        batch = held_out.sample(64, config.seq_len, np.random.default_rng(1))
+        posterior, prior = agent.rssm.observe(agent.embed(batch["obs"]), batch["action"], batch["is_first"])
+        decoded = agent.decoder(posterior.features)
+        from embodied.nets.rssm import gaussian_kl
+
+        kl = gaussian_kl(posterior, prior).mean().item()
+    target, decoded = batch["obs"][1:].flatten(0, 1).numpy(), decoded[1:].flatten(0, 1).numpy()
+    r2 = 1 - ((decoded - target) ** 2).mean(0) / target.var(0).clip(min=1e-8)
+    env.close()
+    return {key: trial[key] for key in ("objective", "seed")} | {
+        "position_r2": float(r2[:2].mean()), "noise_r2": float(r2[-trial["noise_dims"]:].mean()), "kl": kl,
+        "updates_per_second": trial["updates"] / seconds,
+    }  # fmt: skip
+
+
+def update_speed(env_id: str, objective: str, updates: int = 20) -> float:
+    """World-model + behaviour updates/s at the benchmark's size (pixels), one torch thread."""
+    import torch
+
+    import embodied
+    from embodied.algos.repo import Dreamer, RePo, RePoConfig
+
+    torch.set_num_threads(1)
+    options = {"obs": "pixels", "image_size": IMAGE_SIZE}
+    env = embodied.make(env_id, **options)
+    config = RePoConfig(objective=objective, **{**CPU_SIZES, "prefill": 10**9})
+    agent = (RePo if objective == "repo" else Dreamer)(config, env.observation_space, env.action_space, "cpu")
+    agent.seed(0)
+    agent.attach(env)
+    agent.learn(config.seq_len * 4, lambda *step: None)
+    sample = lambda: agent.replay.sample(config.batch_size, config.seq_len, agent.rng)  # noqa: E731
+    agent.update(sample())  # warm-up
+    start = time.perf_counter()
+    for _ in range(updates):
+        agent.update(sample())
+    env.close()
+    return updates / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--distractors", nargs="+", default=["none", "video,noisy_tv"])
+    parser.add_argument("--objectives", nargs="+", default=["repo", "dreamer"], choices=["repo", "dreamer"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=6000, help="env steps per control run (0: skip the runs)")
+    parser.add_argument("--evals", type=int, default=6)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--align-to", default="distractors=colors", help="KEY=VALUE[;KEY=VALUE]: the shifted domain")
+    parser.add_argument("--align-steps", type=int, default=1000, help="target-domain env steps of alignment (0: skip)")
+    parser.add_argument("--probe-updates", type=int, default=1500, help="world-model updates of the probe (0: skip)")
+    parser.add_argument("--probe-data", type=int, default=5000, help="random-policy env steps the probe learns from")
+    parser.add_argument("--noise-dims", type=int, default=8)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in every control run's config")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-repo"))
+    parser.add_argument("--out", type=Path, default=Path("results/repo.md"))
+    args = parser.parse_args(argv)
+    command = "python -m embodied.bench.repo " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.steps and args.steps % args.evals:
+        raise SystemExit(f"--steps {args.steps} must be a multiple of --evals {args.evals}")
+    import yaml
+
+    align_to = dict((k.strip(), yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in args.align_to.split(";")))
+
+    probes = [{"objective": objective, "seed": seed, "noise_dims": args.noise_dims, "updates": args.probe_updates,
+               "data_steps": args.probe_data} for objective in args.objectives for seed in args.seeds]  # fmt: skip
+    probe_results = run_trials(probe_trial, probes, args.workers, lambda r: (
+        f"probe {r['objective']} seed {r['seed']}: position R² {r['position_r2']:.2f}, noise R² {r['noise_r2']:.2f}, "
+        f"KL {r['kl']:.2f}")) if args.probe_updates else []  # fmt: skip
+
+    trials = []
+    for env_id in args.envs:
+        for distractors in args.distractors:
+            for objective in args.objectives:
+                for seed in args.seeds:
+                    aligned = objective == "repo" and distractors == "none" and args.align_steps > 0
+                    trials.append({"env": env_id, "distractors": distractors, "objective": objective, "seed": seed,
+                                   "config": trial_config(env_id, distractors, objective, seed, args),
+                                   "align_to": align_to if aligned else None, "align_steps": args.align_steps,
+                                   "eval_episodes": args.eval_episodes})  # fmt: skip
+    results = run_trials(run_trial, trials, args.workers, lambda r: (
+        f"{r['env']} {r['distractors']} {r['objective']} seed {r['seed']}: return {r['evals'][-1]['eval/return']:.2f}"
+        + (f", aligned {r['align']['target_before']:.2f} -> {r['align']['target_after']:.2f}" if "align" in r else "")
+    )) if args.steps else []  # fmt: skip
+    speeds = {(env_id, objective): update_speed(env_id, objective) for env_id in args.envs for objective in args.objectives}
+    write(results, probe_results, speeds, align_to, args, command.strip())
+    print(args.out.read_text())
+
+
+def write(results, probes, speeds, align_to, args, command: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = ", ".join(f"{k} {v}" for k, v in CPU_SIZES.items())
+    lines = [
+        "# RePo against Dreamer, with and without distractors; test-time alignment; what the latent keeps",
+        "",
+        f"Made by `{command}` ({time.strftime('%Y-%m-%d')}, CPU, one torch thread per run, {args.workers} runs at a "
+        f"time). {IMAGE_SIZE}x{IMAGE_SIZE} pixels, sizes shrunk for the CPU ({sizes}; RePo's are Dreamer v1's), "
+        f"{args.steps} env steps per run, evaluation return of the deterministic policy over {args.eval_episodes} "
+        f"episodes, mean ± std over seeds {', '.join(map(str, args.seeds))}.",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for result in results:
+        groups.setdefault((result["env"], result["distractors"], result["objective"]), []).append(result)
+    if results:
+        lines += ["", "## Control: final return", "",
+                  "| env | distractors | " + " | ".join(args.objectives) + " |",
+                  "|---|---|" + "---:|" * len(args.objectives)]  # fmt: skip
+        for env_id in args.envs:
+            for distractors in args.distractors:
+                cells = [mean_std([r["evals"][-1]["eval/return"] for r in groups.get((env_id, distractors, o), [])])
+                         for o in args.objectives]  # fmt: skip
+                lines.append(f"| {env_id} | {distractors} | " + " | ".join(cells) + " |")
+        lines += ["", f"![return against env steps]({args.out.with_suffix('.png').name})"]
+    aligned = [r for r in results if "align" in r]
+    if aligned:
+        target = ", ".join(f"{k}={v}" for k, v in align_to.items())
+        lines += ["", f"## Test-time alignment to `{target}` (RePo runs trained without distractors)", "",
+                  f"{args.align_steps} reward-free env steps in the shifted domain; only the encoder learns.", "",
+                  "| env | source before | target before | target after | source after |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for env_id in args.envs:
+            runs = [r for r in aligned if r["env"] == env_id]
+            if runs:
+                lines.append(f"| {env_id} | " + " | ".join(
+                    mean_std([r["align"][k] for r in runs]) for k in
+                    ("source_before", "target_before", "target_after", "source_after")) + " |")  # fmt: skip
+    if probes:
+        lines += ["", "## What the latent keeps: position and action-independent noise", "",
+                  f"nav/open-v0 state with {args.noise_dims} N(0, 1) noise dims appended per step; world model only, "
+                  f"{args.probe_updates} updates on {args.probe_data} random-policy steps; R² of a decoder on the "
+                  "posterior's features on held-out episodes (1: all of it, 0: none of it); KL(q ‖ p) per step.", "",
+                  "| objective | position R² | noise R² | KL (nats) | world-model updates/s (state) |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        for objective in args.objectives:
+            runs = [p for p in probes if p["objective"] == objective]
+            lines.append(f"| {objective} | {mean_std([p['position_r2'] for p in runs])} | "
+                         f"{mean_std([p['noise_r2'] for p in runs])} | {mean_std([p['kl'] for p in runs])} | "
+                         f"{np.median([p['updates_per_second'] for p in runs]):.1f} |")  # fmt: skip
+    if speeds:
+        lines += ["", "## Speed", "",
+                  f"Updates/s (world model and actor-critic, batch {CPU_SIZES['batch_size']} x {CPU_SIZES['seq_len']}, "
+                  f"{IMAGE_SIZE}x{IMAGE_SIZE} pixels, horizon 15) in this process with one torch thread, after the runs. "
+                  "No GPU was lent to this task.", "",
+                  "| env | " + " | ".join(args.objectives) + " |", "|---|" + "---:|" * len(args.objectives)]  # fmt: skip
+        for env_id in args.envs:
+            lines.append(f"| {env_id} | " + " | ".join(f"{speeds[(env_id, o)]:.2f}" for o in args.objectives) + " |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+
+    with open(args.out.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["part", "env", "distractors", "objective", "seed", "step", "return", "extra"])
+        for r in sorted(results, key=lambda r: (r["env"], r["distractors"], r["objective"], r["seed"])):
+            for row in r["evals"]:
+                writer.writerow(["control", r["env"], r["distractors"], r["objective"], r["seed"], int(row["step"]),
+                                 row.get("eval/return", ""), ""])  # fmt: skip
+            if "align" in r:
+                writer.writerow(["align", r["env"], r["distractors"], r["objective"], r["seed"], "", "",
+                                 json.dumps(r["align"])])  # fmt: skip
+        for p in probes:
+            writer.writerow(["probe", "nav/open-v0+noise", "", p["objective"], p["seed"], "", "", json.dumps(p)])
+    if results:
+        figure, axes = plt.subplots(1, len(args.envs) * len(args.distractors), squeeze=False,
+                                    figsize=(3.4 * len(args.envs) * len(args.distractors), 3))  # fmt: skip
+        for axis, (env_id, distractors) in zip(axes[0], [(e, d) for e in args.envs for d in args.distractors]):
+            for objective in args.objectives:
+                runs = groups.get((env_id, distractors, objective), [])
+                if runs:
+                    plot_mean_std(axis, runs, lambda row: row.get("eval/return", np.nan), objective, markersize=3)
+            axis.set_title(f"{env_id}\n{distractors}", fontsize=8)
+            axis.set_xlabel("env steps")
+        axes[0][0].set_ylabel("return")
+        axes[0][-1].legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(args.out.with_suffix(".png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()

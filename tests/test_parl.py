@@ -155,3 +155,17 @@ def test_bench_writes_its_section(tmp_path):
     text = out.read_text()
     assert "## (a) VLM\n\nkept" in text and "## (c) PARL" in text and "| A-PARL (bilevel hypergradient) |" in text
     assert (tmp_path / "language_parl.png").exists() and (tmp_path / "language_parl.csv").exists()
+
+
+def test_two_stage_fits_its_reward_on_every_label(monkeypatch):
+    config = parl.PARLConfig(**{**SMALL, "label_window": 5})
+    seen = []
+    original = parl.PARL.direct_loss
+
+    def counting(self):
+        seen.append(len(self.labels))
+        return original(self)
+
+    monkeypatch.setattr(parl.PARL, "direct_loss", counting)
+    parl.two_stage("nav/open-v0", config, iterations=4, eval_every=4, eval_episodes=1)
+    assert set(seen) == {12}  # 4 iterations x 3 queries, not the window of 5

@@ -26,6 +26,7 @@ asks every query on the initial policy's trajectories, fits r_ν, then runs the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -323,26 +324,40 @@ def make_envs(env_id: str, count: int, horizon: int, **options) -> list[gym.Env]
     return [embodied.make(env_id, max_episode_steps=horizon, **options) for _ in range(count)]
 
 
+class _Run:
+    """Envs, a learner and the evaluation rows of one run (closes the envs on exit)."""
+
+    def __init__(self, env_id: str, config: PARLConfig, eval_every: int, eval_episodes: int,
+                 teacher: ScriptedTeacher | None, on_log: Callable[[dict], None] | None):  # fmt: skip
+        self.config, self.eval_every, self.on_log = config, eval_every, on_log
+        self.envs = make_envs(env_id, config.envs, config.horizon)
+        self.eval_envs = make_envs(env_id, eval_episodes, config.horizon)
+        self.learner = PARL(config, self.envs[0].observation_space, self.envs[0].action_space, teacher)
+        self.rows: list[dict] = []
+
+    def log(self, i: int, last: int, metrics: dict) -> None:
+        if i % self.eval_every == 0 or i == last:
+            success, ret = evaluate(self.learner.policy, self.eval_envs, self.config.horizon, seed=10_000 + i)
+            self.rows.append({"iteration": i, "env_steps": self.learner.env_steps, "queries": self.learner.queries,
+                              "success_rate": success, "return": ret, **metrics})  # fmt: skip
+            if self.on_log:
+                self.on_log(self.rows[-1])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for env in self.envs + self.eval_envs:
+            env.close()
+
+
 def train(env_id: str, config: PARLConfig, iterations: int, eval_every: int = 5, eval_episodes: int = 16,
           teacher: ScriptedTeacher | None = None, on_log: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
     """A-PARL (or its direct-only ablation) for ``iterations``; evaluation rows with env steps and queries."""
-    envs = make_envs(env_id, config.envs, config.horizon)
-    eval_envs = make_envs(env_id, eval_episodes, config.horizon)
-    learner = PARL(config, envs[0].observation_space, envs[0].action_space, teacher)
-    rows = []
-    try:
+    with _Run(env_id, config, eval_every, eval_episodes, teacher, on_log) as run:
         for i in range(1, iterations + 1):
-            metrics = learner.iteration(envs)
-            if i % eval_every == 0 or i == iterations:
-                success, ret = evaluate(learner.policy, eval_envs, config.horizon, seed=10_000 + i)
-                rows.append({"iteration": i, "env_steps": learner.env_steps, "queries": learner.queries,
-                             "success_rate": success, "return": ret, **metrics})  # fmt: skip
-                if on_log:
-                    on_log(rows[-1])
-    finally:
-        for env in envs + eval_envs:
-            env.close()
-    return rows
+            run.log(i, iterations, run.learner.iteration(run.envs))
+    return run.rows
 
 
 def two_stage(env_id: str, config: PARLConfig, iterations: int, reward_steps: int = 0, eval_every: int = 5,
@@ -352,33 +367,23 @@ def two_stage(env_id: str, config: PARLConfig, iterations: int, reward_steps: in
     initial policy, a Bradley-Terry reward fitted to them (``reward_steps``, default as many
     as PARL takes), then the same policy learner on that fixed reward. Env steps of both
     stages count."""
-    envs = make_envs(env_id, config.envs, config.horizon)
-    eval_envs = make_envs(env_id, eval_episodes, config.horizon)
-    learner = PARL(config, envs[0].observation_space, envs[0].action_space, teacher)
-    rows = []
-    try:
+    with _Run(env_id, config, eval_every, eval_episodes, teacher, on_log) as run:
+        learner = run.learner
+        # the reward is fitted once, on every label
+        learner.config = dataclasses.replace(config, label_window=max(config.label_window, iterations * config.queries))
         for _ in range(iterations):  # stage 1: the same number of queries, from the initial policy
-            learner.ask(learner.collect(envs))
-        learner.labels = learner.labels[-max(config.label_window, iterations * config.queries):]
+            learner.ask(learner.collect(run.envs))
         for _ in range(reward_steps or iterations * config.reward_steps):
             loss = learner.direct_loss()
             learner.reward_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             learner.reward_optimizer.step()
-        for i in range(1, iterations * config.inner_steps + 1):  # stage 2: RL on the fixed reward
-            batch = learner.collect(envs)
+        steps = iterations * config.inner_steps
+        for i in range(1, steps + 1):  # stage 2: RL on the fixed reward
+            batch = learner.collect(run.envs)
             objective, _ = learner.policy_step(batch)
-            if i % eval_every == 0 or i == iterations:
-                success, ret = evaluate(learner.policy, eval_envs, config.horizon, seed=10_000 + i)
-                rows.append({"iteration": i, "env_steps": learner.env_steps, "queries": learner.queries,
-                             "success_rate": success, "return": ret, "inner_objective": objective,
-                             "train_success": float(batch.success.mean())})  # fmt: skip
-                if on_log:
-                    on_log(rows[-1])
-    finally:
-        for env in envs + eval_envs:
-            env.close()
-    return rows
+            run.log(i, steps, {"inner_objective": objective, "train_success": float(batch.success.mean())})
+    return run.rows
 
 
 def samples_to_success(rows: list[dict], threshold: float) -> float:

@@ -253,3 +253,11 @@ def test_align_errors_say_what_is_missing(tmp_path, capsys):
     with pytest.raises(SystemExit):  # --option is required
         main(["align", str(run_dir)])
     assert "--option" in capsys.readouterr().err
+
+
+def test_compile_is_accepted_for_repo_and_refused_for_sb3(tmp_path):
+    raw = raw_config(tmp_path, steps=10, compile=True)
+    assert parse(raw).to_dict()["train"]["compile"] is True
+    sac = {"algo": {"name": "sac"}, "env": {"id": ENV}, "train": {"steps": 10, "compile": True}}
+    with pytest.raises(ConfigError, match="train.compile: not used by sac"):
+        parse(sac)

@@ -64,7 +64,7 @@ class TrainConfig:
     checkpoint_every: int = 10_000  # steps between checkpoints (always one at the end)
     run_dir: str = "runs"  # runs are written to <run_dir>/<name>
     name: str = ""  # run name; default: <algo>-<dataset>-seed<seed>
-    compile: bool = False  # torch.compile the update step (offline only; CUDA; off on CPU by default)
+    compile: bool = False  # torch.compile the update step (offline algorithms and RePo; CUDA; off on CPU by default)
     wandb: bool = False  # also log to Weights & Biases
     progress: bool = True  # progress bar on a terminal
 
@@ -83,12 +83,21 @@ class RunConfig:
         out["algo"] = {"name": algo_name(self.algo), **out["algo"]}
         if agent_class(out["algo"]["name"]).online:  # leave out what does not apply, so config.yaml reads true
             del out["data"]
-            out["train"] = {k: v for k, v in out["train"].items() if k not in OFFLINE_TRAIN_KEYS}
+            unused = unused_train_keys(agent_class(out["algo"]["name"]))
+            out["train"] = {k: v for k, v in out["train"].items() if k not in unused}
         return out
 
 
-#: TrainConfig keys that online algorithms do not use.
+#: TrainConfig keys that online algorithms do not use (``compile`` is used by those that
+#: compile themselves, e.g. RePo; SB3's models are not compiled).
 OFFLINE_TRAIN_KEYS = ("batch_size", "compile")
+
+
+def unused_train_keys(cls) -> tuple[str, ...]:
+    from embodied.algos.base import Agent
+
+    compiles = cls.compile is not Agent.compile
+    return tuple(k for k in OFFLINE_TRAIN_KEYS if not (k == "compile" and compiles))
 
 
 def algo_name(config: Any) -> str:
@@ -204,7 +213,7 @@ def check_online(cls, raw: Mapping[str, Any], algo: Any, train: TrainConfig) -> 
     between its rounds of env steps)."""
     defaults = {"train": TrainConfig(), "data": DataConfig()}
     unused = [f"{section}.{key}" for section in ("train", "data") for key, value in (raw.get(section) or {}).items()
-              if (section == "data" or key in OFFLINE_TRAIN_KEYS) and value != getattr(defaults[section], key, None)]  # fmt: skip
+              if (section == "data" or key in unused_train_keys(cls)) and value != getattr(defaults[section], key, None)]  # fmt: skip
     if unused:
         raise ConfigError(f"{', '.join(unused)}: not used by {cls.name}, which learns online from its own env steps "
                           f"(no dataset; its batch size is algo.batch_size)")  # fmt: skip

@@ -204,6 +204,8 @@ def run(config: RunConfig, run_dir: Path, payload: dict | None) -> Path:
         agent = agent_class(algo_name(config.algo))(
             config.algo, env.observation_space, env.action_space, resolve_device(train_config.device)
         )
+        if train_config.compile:
+            agent.compile()
         start, episode, errors = 0, 0, 0
         if payload is None:
             agent.seed(train_config.seed)

@@ -48,7 +48,7 @@ def _sub(params: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor
 
 def _adam(params, grads, first, second, step: torch.Tensor, lr) -> tuple[dict, dict, dict]:
     """One Adam step on dicts of tensors (bias-corrected; as torch.optim.Adam computes it).
-    ``step`` (and ``lr``) may be 0-d tensors, so a compiled step does not specialise on them."""
+    ``step`` and ``lr`` may be 0-d tensors."""
     beta1, beta2 = BETAS
     correction1, correction2 = 1 - beta1**step, 1 - beta2**step
     new_params, new_first, new_second = {}, {}, {}

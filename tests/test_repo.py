@@ -261,3 +261,25 @@ def test_compile_is_accepted_for_repo_and_refused_for_sb3(tmp_path):
     sac = {"algo": {"name": "sac"}, "env": {"id": ENV}, "train": {"steps": 10, "compile": True}}
     with pytest.raises(ConfigError, match="train.compile: not used by sac"):
         parse(sac)
+
+
+def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_parts(tmp_path, monkeypatch):
+    from embodied.bench import repo as bench
+
+    monkeypatch.setattr(bench, "CPU_SIZES", {**TINY, "prefill": 50, "train_every": 25, "train_steps": 1})
+    monkeypatch.setattr(bench, "IMAGE_SIZE", 16)
+    out = tmp_path / "repo.md"
+    argv = ["--envs", "nav/open-v0", "--distractors", "none", "--seeds", "0", "--steps", "100", "--evals", "1",
+            "--eval-episodes", "1", "--align-steps", "30", "--probe-updates", "3", "--probe-data", "120",
+            "--workers", "1", "--run-dir", str(tmp_path / "runs"), "--out", str(out)]  # fmt: skip
+    bench.main(argv)
+    text = out.read_text()
+    for heading in ("## Control: final return", "## Test-time alignment", "## What the latent keeps", "## Speed"):
+        assert heading in text, heading
+    assert "| nav/open-v0 | none |" in text and (tmp_path / "repo.png").exists() and (tmp_path / "repo.csv").exists()
+    probes = sorted((tmp_path / "runs" / "probes").glob("*.json"))
+    assert [p.name for p in probes] == ["dreamer-seed0.json", "repo-seed0.json"]
+    summary = tmp_path / "runs" / "repo-nav-open-v0-none-seed0" / "align" / "bench" / "summary.json"
+    written = {path: path.stat().st_mtime_ns for path in [*probes, summary]}
+    bench.main(argv)  # (trials run in worker processes: what they reuse shows in the files they leave alone)
+    assert {path: path.stat().st_mtime_ns for path in written} == written

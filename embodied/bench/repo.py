@@ -21,6 +21,9 @@ Three parts, each written to ``--out`` (Markdown), a CSV and a plot:
 
 World-model speed (updates/s at the benchmark's size, one torch thread) is timed in this
 process after the runs, for both objectives.
+
+A rerun reuses what an earlier one finished under ``--run-dir``: control runs, alignments
+and probes with the same settings.
 """
 
 from __future__ import annotations
@@ -84,8 +87,11 @@ def run_trial(trial: dict) -> dict:
     if trial.get("align_to"):
         from embodied.run.align import align_run
 
-        summary = align_run(run_dir, trial["align_to"], trial["align_steps"], episodes=trial["eval_episodes"],
-                            seed=trial["seed"], name="bench")  # fmt: skip
+        saved = run_dir / "align" / "bench" / "summary.json"
+        summary = json.loads(saved.read_text()) if saved.exists() else {}
+        if (summary.get("target_options"), summary.get("steps")) != (trial["align_to"], trial["align_steps"]):
+            summary = align_run(run_dir, trial["align_to"], trial["align_steps"], episodes=trial["eval_episodes"],
+                                seed=trial["seed"], name="bench")  # fmt: skip
         result["align"] = {key: summary[key]["eval/return"] for key in
                            ("source_before", "target_before", "target_after", "source_after")}  # fmt: skip
     return result
@@ -112,7 +118,22 @@ def noisy_state_env(noise_dims: int, seed: int):
 
 
 def probe_trial(trial: dict) -> dict:
-    """Train a world model on random-policy data and measure what its latent holds."""
+    """Train a world model on random-policy data and measure what its latent holds (a result
+    saved under ``trial['cache']`` for the same settings is read instead)."""
+    cache = Path(trial["cache"]) if trial.get("cache") else None
+    settings = {k: v for k, v in trial.items() if k != "cache"}
+    if cache and cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("settings") == settings:
+            return saved["result"]
+    result = _probe(trial)
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"settings": settings, "result": result}))
+    return result
+
+
+def _probe(trial: dict) -> dict:
     import torch
 
     from embodied.algos.repo import Dreamer, RePo, RePoConfig
@@ -204,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     align_to = dict((k.strip(), yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in args.align_to.split(";")))
 
     probes = [{"objective": objective, "seed": seed, "noise_dims": args.noise_dims, "updates": args.probe_updates,
-               "data_steps": args.probe_data} for objective in args.objectives for seed in args.seeds]  # fmt: skip
+               "data_steps": args.probe_data, "cache": str(args.run_dir / "probes" / f"{objective}-seed{seed}.json")}
+              for objective in args.objectives for seed in args.seeds]  # fmt: skip
     probe_results = run_trials(probe_trial, probes, args.workers, lambda r: (
         f"probe {r['objective']} seed {r['seed']}: position R² {r['position_r2']:.2f}, noise R² {r['noise_r2']:.2f}, "
         f"KL {r['kl']:.2f}")) if args.probe_updates else []  # fmt: skip

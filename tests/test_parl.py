@@ -150,11 +150,17 @@ def test_bench_writes_its_section(tmp_path):
 
     out = tmp_path / "language.md"
     out.write_text("# title\n\n## (a) VLM\n\nkept\n")
-    bench.main(["--seeds", "0", "--iterations", "2", "--eval-every", "1", "--horizon", "6", "--workers", "1",
-                "--out", str(out)])  # fmt: skip
+    argv = ["--seeds", "0", "--iterations", "2", "--eval-every", "1", "--horizon", "6", "--workers", "1",
+            "--out", str(out), "--run-dir", str(tmp_path / "runs")]  # fmt: skip
+    bench.main(argv)
     text = out.read_text()
     assert "## (a) VLM\n\nkept" in text and "## (c) PARL" in text and "| A-PARL (bilevel hypergradient) |" in text
     assert (tmp_path / "language_parl.png").exists() and (tmp_path / "language_parl.csv").exists()
+    saved = sorted((tmp_path / "runs").glob("*.json"))
+    assert [p.name for p in saved] == ["a-parl-seed0.json", "direct-seed0.json", "two-stage-seed0.json"]
+    written = {p: p.stat().st_mtime_ns for p in saved}
+    bench.main(argv)  # a rerun reads the finished runs
+    assert {p: p.stat().st_mtime_ns for p in saved} == written
 
 
 def test_two_stage_fits_its_reward_on_every_label(monkeypatch):

@@ -92,3 +92,26 @@ def write_section(out, title: str, heading: str, body: list[str]) -> None:
         lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
+
+
+def cached(path, settings: dict, compute):
+    """``compute()``'s result, saved as JSON at ``path`` beside ``settings``; a later call with
+    the same settings reads it instead (so a killed or repeated benchmark redoes nothing it
+    finished). Written to a temporary name and renamed."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            saved = {}
+        if saved.get("settings") == settings:
+            return saved["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"settings": settings, "result": result}))
+    tmp.replace(path)
+    return result

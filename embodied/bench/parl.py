@@ -4,6 +4,7 @@ term only): section (c) of results/language_vlm_bilevel.md.
 
     python -m embodied.bench.parl --env nav/open-v0 --seeds 0 1 2 --iterations 150 --workers 2
 
+Each finished run is saved under ``--run-dir``, so a rerun redoes only what is missing.
 Every variant asks the same scripted teacher (B-Pref's oracle on the env's true reward)
 the same number of queries and uses the same policy learner; env steps of every rollout
 count, the two-stage pipeline's query-collection rollouts included.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embodied.bench import mean_std, plot_mean_std, run_trials, write_section
+from embodied.bench import cached, mean_std, plot_mean_std, run_trials, write_section
 from embodied.bench.vlm_feedback import TITLE
 
 VARIANTS = {"a-parl": "A-PARL (bilevel hypergradient)", "direct": "online, direct term only",
@@ -27,6 +28,11 @@ VARIANTS = {"a-parl": "A-PARL (bilevel hypergradient)", "direct": "online, direc
 
 
 def run_trial(trial: dict) -> dict:
+    settings = {k: v for k, v in trial.items() if k != "cache"}
+    return cached(trial["cache"], settings, lambda: _run(trial))
+
+
+def _run(trial: dict) -> dict:
     import torch
 
     from embodied.algos import parl
@@ -55,10 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="success rate that counts as solved")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/language_vlm_bilevel.md"))
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-parl"),
+                        help="each finished run is saved here; a rerun with the same settings reads it")
     args = parser.parse_args(argv)
     command = "python -m embodied.bench.parl " + " ".join(argv if argv is not None else sys.argv[1:])
     trials = [{"variant": v, "seed": s, "env": args.env, "horizon": args.horizon, "iterations": args.iterations,
-               "eval_every": args.eval_every} for v in args.variants for s in args.seeds]  # fmt: skip
+               "eval_every": args.eval_every, "cache": str(args.run_dir / f"{v}-seed{s}.json")}
+              for v in args.variants for s in args.seeds]  # fmt: skip
     results = run_trials(run_trial, trials, args.workers, lambda r: (
         f"{r['variant']} seed {r['seed']}: success {r['evals'][-1]['success_rate']:.2f} after "
         f"{r['evals'][-1]['env_steps']} env steps ({r['seconds']:.0f} s)"))  # fmt: skip

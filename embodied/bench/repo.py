@@ -40,7 +40,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import mean_std, plot_mean_std, run_trials  # noqa: E402
+from embodied.bench import cached, mean_std, plot_mean_std, run_trials  # noqa: E402
 from embodied.bench.offline_rl import train_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -120,17 +120,8 @@ def noisy_state_env(noise_dims: int, seed: int):
 def probe_trial(trial: dict) -> dict:
     """Train a world model on random-policy data and measure what its latent holds (a result
     saved under ``trial['cache']`` for the same settings is read instead)."""
-    cache = Path(trial["cache"]) if trial.get("cache") else None
     settings = {k: v for k, v in trial.items() if k != "cache"}
-    if cache and cache.exists():
-        saved = json.loads(cache.read_text())
-        if saved.get("settings") == settings:
-            return saved["result"]
-    result = _probe(trial)
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"settings": settings, "result": result}))
-    return result
+    return cached(trial["cache"], settings, lambda: _probe(trial)) if trial.get("cache") else _probe(trial)
 
 
 def _probe(trial: dict) -> dict:

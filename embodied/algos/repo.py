@@ -442,13 +442,17 @@ class RePo(Agent):
 
     # --- test-time alignment -----------------------------------------------------------
     def align(self, env: gym.Env, steps: int, source: SequenceReplay | None = None, collect_steps: int | None = None,
-              updates_per_step: float = 0.1, on_log: Callable[[int, dict[str, float]], None] | None = None) -> None:  # fmt: skip
+              updates_per_step: float | None = None,
+              on_log: Callable[[int, dict[str, float]], None] | None = None) -> None:  # fmt: skip
         """Adapt the encoder to the visual domain of ``env`` with no reward (see the module
         docstring). Everything but the encoder stays as it is. ``source`` holds observations of
         the training domain (default: this agent's replay). The frozen policy collects
-        ``collect_steps`` steps in ``env`` first (default: one update window per 10 steps), then
-        collects and updates alternately until ``steps`` env steps were taken."""
+        ``collect_steps`` steps in ``env`` first (default: a tenth of ``steps``, at least one
+        sequence), then collects and updates alternately until ``steps`` env steps were taken,
+        ``updates_per_step`` encoder updates per env step (default: training's ratio,
+        ``train_steps / train_every``; RePo's adaptation keeps its 100 per 500)."""
         c = self.config
+        updates_per_step = updates_per_step if updates_per_step is not None else c.train_steps / c.train_every
         source = source if source is not None else self.replay
         length = min(c.seq_len, len(source))
         if len(source) < 2:

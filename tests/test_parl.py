@@ -8,8 +8,8 @@ from embodied.algos import parl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SMALL = dict(hidden_dims=(4,), envs=4, horizon=6, queries=3, cg_iterations=60, damping=20.0, reward_steps=1,
-             max_implicit_norm=1e9, value_steps=2)  # fmt: skip
+SMALL = dict(hidden_dims=(4,), envs=4, horizon=6, queries=2, cg_iterations=60, damping=20.0, reward_steps=1,
+             max_implicit_ratio=1e9, value_steps=2)  # fmt: skip
 
 
 def learner_and_batch(**config):
@@ -103,7 +103,7 @@ def test_the_hypergradient_is_direct_plus_the_implicit_term_by_explicit_hessians
 
 
 def test_queries_are_labelled_by_the_true_return_and_kept_in_a_window():
-    learner, batch, envs = learner_and_batch(queries=6, label_window=8)
+    learner, batch, envs = learner_and_batch(queries=6, label_window=8, paired_starts=False)
     obs, actions, preference, pairs = learner.ask(batch)
     returns = batch.true_reward.sum(1)
     expected = (returns[pairs[:, 0]] > returns[pairs[:, 1]]).astype(np.float32)
@@ -115,18 +115,23 @@ def test_queries_are_labelled_by_the_true_return_and_kept_in_a_window():
     segmented, batch, envs2 = learner_and_batch(segment_len=3)
     obs, _, _, _ = segmented.ask(batch)
     assert obs.shape[2] == 3
-    for env in envs + envs2:
+    paired, batch, envs3 = learner_and_batch()  # the default: the two episodes of a query share their reset
+    obs, _, _, pairs = paired.ask(batch)
+    assert sorted(map(tuple, pairs)) == [(0, 1), (2, 3)]
+    torch.testing.assert_close(obs[:, 0, 0], obs[:, 1, 0])  # same start (and goal)
+    assert not torch.equal(obs[:, 0], obs[:, 1])  # different behaviour
+    for env in envs + envs2 + envs3:
         env.close()
 
 
 def test_train_and_two_stage_count_env_steps_and_queries():
-    config = parl.PARLConfig(**{**SMALL, "cg_iterations": 2, "damping": 1.0, "max_implicit_norm": 10.0})
+    config = parl.PARLConfig(**{**SMALL, "cg_iterations": 2, "damping": 1.0, "max_implicit_ratio": 1.0})
     rows = parl.train("nav/open-v0", config, iterations=4, eval_every=2, eval_episodes=2)
     assert [r["iteration"] for r in rows] == [2, 4]
-    assert rows[-1]["env_steps"] == 4 * 4 * 6 and rows[-1]["queries"] == 4 * 3
+    assert rows[-1]["env_steps"] == 4 * 4 * 6 and rows[-1]["queries"] == 4 * 2
     assert all(0.0 <= r["success_rate"] <= 1.0 and np.isfinite(r["return"]) for r in rows)
     baseline_rows = parl.two_stage("nav/open-v0", config, iterations=4, eval_every=2, eval_episodes=2)
-    assert baseline_rows[-1]["env_steps"] == 2 * 4 * 4 * 6 and baseline_rows[-1]["queries"] == 4 * 3
+    assert baseline_rows[-1]["env_steps"] == 2 * 4 * 4 * 6 and baseline_rows[-1]["queries"] == 4 * 2
     assert parl.samples_to_success([{"env_steps": 10, "success_rate": 0.2}, {"env_steps": 20, "success_rate": 0.9}],
                                    0.8) == 20  # fmt: skip
     assert parl.samples_to_success(rows[:0], 0.8) == float("inf")
@@ -137,6 +142,8 @@ def test_bad_settings_are_clear_errors():
         parl.PARLConfig(hypergradient="exact")
     with pytest.raises(ValueError, match="longer than an episode"):
         parl.PARLConfig(horizon=10, segment_len=20)
+    with pytest.raises(ValueError, match="paired_starts needs"):
+        parl.PARLConfig(envs=8, queries=5)
     import embodied
 
     envs = [embodied.make("nav/open-v0", max_episode_steps=3, terminate_on_success=False)]
@@ -164,7 +171,7 @@ def test_bench_writes_its_section(tmp_path):
 
 
 def test_two_stage_fits_its_reward_on_every_label(monkeypatch):
-    config = parl.PARLConfig(**{**SMALL, "label_window": 5})
+    config = parl.PARLConfig(**{**SMALL, "label_window": 7})
     seen = []
     original = parl.PARL.direct_loss
 
@@ -174,4 +181,4 @@ def test_two_stage_fits_its_reward_on_every_label(monkeypatch):
 
     monkeypatch.setattr(parl.PARL, "direct_loss", counting)
     parl.two_stage("nav/open-v0", config, iterations=4, eval_every=4, eval_episodes=1)
-    assert set(seen) == {12}  # 4 iterations x 3 queries, not the window of 5
+    assert set(seen) == {8}  # 4 iterations x 2 queries, not the window of 7

@@ -19,6 +19,13 @@ objective, and the mixed term by differentiating ∇_θ J · q with respect to �
 The lower level here is an on-policy, entropy-regularised policy gradient (REINFORCE with
 a per-step batch baseline) on r_ν, whose surrogate is differentiable in both θ and ν, so
 every term above is an autograd product; the paper's experiments use SAC-style learners.
+The two episodes of a query start from the same reset (start and goal), as two answers
+to one prompt are compared in language-model alignment: with random pairs, most of a
+return's spread on our navigation task is how far the goal happened to be, and a reward
+that ranks episodes by that alone fits the labels and teaches the policy nothing
+(``paired_starts: false`` restores random pairs). The implicit term, estimated from a
+handful of pairs and a sampled Hessian, is clipped to the direct term's norm
+(``max_implicit_ratio``) so that it corrects the direct step rather than replacing it.
 ``hypergradient: direct`` drops the implicit term (online preference learning that
 ignores how the reward moves the policy); the two-stage baseline (:func:`two_stage`)
 asks every query on the initial policy's trajectories, fits r_ν, then runs the same learner.
@@ -61,16 +68,20 @@ class PARLConfig:
     queries: int = 8  # pairs asked per iteration, of this iteration's trajectories
     label_window: int = 400  # the latest pairs the direct term averages over
     segment_len: int = 0  # compare whole episodes (0) or random segments of this length
+    paired_starts: bool = True  # episodes come in pairs from the same reset (start and goal); queries compare a pair
     hypergradient: str = "a-parl"  # "a-parl" or "direct"
     cg_iterations: int = 5
     damping: float = 1.0  # λ in (−∇²_θθ J + λ I) q = ∇_θ L
-    max_implicit_norm: float = 10.0  # the implicit term's norm is clipped to this
+    max_implicit_ratio: float = 1.0  # the implicit term's norm is clipped to this multiple of the direct term's
     init_log_std: float = -0.5
     seed: int = 0
 
     def __post_init__(self):
         if self.hypergradient not in HYPERGRADIENTS:
             raise ValueError(f"hypergradient must be one of {', '.join(HYPERGRADIENTS)}, got {self.hypergradient!r}")
+        if self.paired_starts and (self.envs % 2 or self.queries > self.envs // 2):
+            raise ValueError(f"paired_starts needs an even number of envs and queries <= envs / 2, got envs "
+                             f"{self.envs} and queries {self.queries}")  # fmt: skip
         if self.segment_len > self.horizon:
             raise ValueError(f"segment_len {self.segment_len} is longer than an episode ({self.horizon} steps)")
 
@@ -200,7 +211,10 @@ class PARL:
         (obs (Q, 2, L, ·), actions, P(first)) and the episode indices (Q, 2)."""
         c = self.config
         n, horizon = batch.true_reward.shape
-        pairs = np.stack([self.rng.choice(n, 2, replace=False) for _ in range(c.queries)])
+        if c.paired_starts:  # episodes 2k and 2k+1 share their reset: the comparison is about the behaviour
+            pairs = 2 * self.rng.choice(n // 2, c.queries, replace=False)[:, None] + np.array([0, 1])
+        else:
+            pairs = np.stack([self.rng.choice(n, 2, replace=False) for _ in range(c.queries)])
         length = c.segment_len or horizon
         starts = self.rng.integers(0, horizon - length + 1, (c.queries, 2))
         window = starts[..., None] + np.arange(length)  # (Q, 2, L)
@@ -251,6 +265,8 @@ class PARL:
 
     def collect(self, envs: list[gym.Env]) -> Batch:
         seeds = [int(s) for s in self.rng.integers(2**31, size=len(envs))]
+        if self.config.paired_starts:
+            seeds = [seeds[i // 2 * 2] for i in range(len(envs))]
         batch = rollout(envs, self.policy, self.config.horizon, seeds)
         self.env_steps += len(envs) * self.config.horizon
         return batch
@@ -285,9 +301,9 @@ class PARL:
         implicit = torch.autograd.grad(flat_inner @ q.detach(), nu, allow_unused=True)
         implicit = [torch.zeros_like(p) if g is None else g for p, g in zip(nu, implicit)]
         norm = lambda gs: float(torch.sqrt(sum((g**2).sum() for g in gs)))  # noqa: E731
-        implicit_norm = norm(implicit)
-        if implicit_norm > c.max_implicit_norm:  # a noisy sampled Hessian can blow the product up
-            implicit = [g * (c.max_implicit_norm / implicit_norm) for g in implicit]
+        implicit_norm, limit = norm(implicit), c.max_implicit_ratio * norm(direct)
+        if implicit_norm > limit:  # a few sampled pairs and a sampled Hessian: the estimate is noisy, keep it a correction
+            implicit = [g * (limit / implicit_norm) for g in implicit]
         total = [d + i for d, i in zip(direct, implicit)]
         return total, {"direct_norm": norm(direct), "implicit_norm": implicit_norm}
 
@@ -298,6 +314,9 @@ class PARL:
             batch = self.collect(envs)
             objective, _ = self.policy_step(batch)
         asked = self.ask(batch)
+        with torch.no_grad():  # how often r_ν already ranked the new pairs as the teacher does
+            logits = self.reward(asked[0], asked[1]).sum(-1)
+            agree = ((logits[:, 0] > logits[:, 1]) == (asked[2] > 0.5)).float()[asked[2] != 0.5]
         baseline = self.baseline(batch)
         for _ in range(self.config.reward_steps):
             gradient, metrics = self.hypergradient(batch, asked, baseline)
@@ -306,7 +325,8 @@ class PARL:
                 parameter.grad = g
             self.reward_optimizer.step()
         return {"inner_objective": objective, "train_success": float(batch.success.mean()),
-                "true_return": float(batch.true_reward.sum(1).mean()), **metrics}  # fmt: skip
+                "true_return": float(batch.true_reward.sum(1).mean()),
+                "reward_agreement": float(agree.mean()) if len(agree) else math.nan, **metrics}  # fmt: skip
 
 
 def evaluate(policy: GaussianPolicy, envs: list[gym.Env], horizon: int, seed: int) -> tuple[float, float]:

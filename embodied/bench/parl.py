@@ -92,7 +92,7 @@ def write(results: list[dict], args, command: str) -> None:
         f"{', '.join(map(str, sorted({r['seed'] for r in results})))} (mean ± std). `{args.env}` with fixed "
         f"{args.horizon}-step episodes; {config.envs} episodes per rollout; an on-policy policy gradient with a "
         f"learned baseline as the lower level ({config.inner_steps} step per rollout), {config.queries} oracle pairs "
-        f"(whole episodes) per iteration, {config.reward_steps} reward steps per iteration, {args.iterations} "
+        f"per iteration (whole episodes; the two episodes of a pair start from the same reset), {config.reward_steps} reward steps per iteration, {args.iterations} "
         "iterations. Samples to success: env steps at the first evaluation (16 episodes, mean action) with success "
         f"rate ≥ {args.threshold}; runs that never got there count as the last evaluation's steps and are "
         "shown as `n/3 solved`.",

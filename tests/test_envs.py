@@ -39,6 +39,15 @@ def test_check_env_with_pixels_and_render(env_id):
     env.close()
 
 
+@pytest.mark.parametrize("env_id", ["mujoco/Reacher-v5", "metaworld/push-v3", "nav/open-v0"])
+def test_pixel_observations_are_contiguous_arrays(env_id):
+    # gymnasium's MuJoCo renderer returns a flipped view; torch.as_tensor refuses negative strides
+    env = embodied.make(env_id, obs="pixels", image_size=16)
+    for obs in (env.reset(seed=0)[0], env.step(env.action_space.sample())[0]):
+        assert obs.flags.c_contiguous and min(obs.strides) > 0
+    env.close()
+
+
 def _initial_positions(env, seed):
     obs, _ = env.reset(seed=seed)
     return np.concatenate([obs[4:7], obs[-3:]])  # first object's xyz and the goal's xyz

@@ -113,3 +113,18 @@ def test_a_trial_that_keeps_failing_is_reported_and_the_others_are_summarised(tm
     assert "1 trial(s) failed: name=no_such_dataset-seed0" in capsys.readouterr().err
     summary = (tmp_path / "s" / "summary.md").read_text()
     assert "1 of 2 trials finished" in summary and "sweep-reach" in summary
+
+
+def test_benchmark_trials_run_as_ray_tasks_when_asked(monkeypatch, capsys):
+    import json
+    import math
+
+    from embodied.bench import run_trials
+
+    monkeypatch.setenv("EMBODIED_RAY_ADDRESS", "local")
+    trials = [{"variant": v, "seed": s} for v in ("a", "b") for s in (0, 1)]
+    results = run_trials(json.dumps, trials, 2, lambda r: f"done {r}")
+    assert sorted(json.loads(r)["variant"] + str(json.loads(r)["seed"]) for r in results) == ["a0", "a1", "b0", "b1"]
+    assert capsys.readouterr().out.count("done ") == 4
+    with pytest.raises(TypeError):  # a trial that fails after its retries stops the benchmark with its error
+        run_trials(math.sqrt, [{"not": "a number"}], 1, str)

@@ -19,21 +19,43 @@ def _exit_with_parent(parent: int) -> None:
 def run_trials(run_trial, trials: list[dict], workers: int, describe) -> list[dict]:
     """Run ``run_trial(trial)`` for every trial in ``workers`` spawned processes; print
     ``describe(result)`` for each as it finishes (with the count and the time so far).
-    Workers exit within a second when this process is killed."""
-    import multiprocessing
+    Workers exit within a second when this process is killed.
+
+    With ``EMBODIED_RAY_ADDRESS`` set, every trial is a Ray task instead, as ``embodied
+    sweep`` runs its trials (``local``: a local Ray instance with ``workers`` CPU slots; else
+    the address of a cluster, e.g. ``ray://head:10001``), with ``EMBODIED_RAY_GPUS`` GPUs
+    each (default 0; fractions share a GPU) and two retries of a failed trial."""
+    import os
     import time
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     results = []
     start = time.perf_counter()
-    import os
+
+    def report(result) -> None:
+        results.append(result)
+        print(f"[{len(results)}/{len(trials)} {time.perf_counter() - start:.0f}s] {describe(result)}", flush=True)
+
+    address = os.environ.get("EMBODIED_RAY_ADDRESS")
+    if address:
+        from embodied.run.sweep import ray_map
+
+        gpus = float(os.environ.get("EMBODIED_RAY_GPUS", "0"))
+        tasks = ray_map(run_trial, [(trial,) for trial in trials], None if address == "local" else address, workers,
+                        gpus_per_task=gpus)  # fmt: skip
+        for _, outcome in tasks:
+            if isinstance(outcome, Exception):
+                raise outcome
+            report(outcome)
+        return results
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(run_trial, trial) for trial in trials]
         for future in as_completed(futures):
-            results.append(future.result())
-            print(f"[{len(results)}/{len(trials)} {time.perf_counter() - start:.0f}s] {describe(results[-1])}", flush=True)
+            report(future.result())
     return results
 
 

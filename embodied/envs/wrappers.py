@@ -181,7 +181,7 @@ class PixelObservation(gym.ObservationWrapper):
             self.observation_space = gym.spaces.Dict({"state": env.observation_space, "pixels": pixel_space})
 
     def observation(self, observation):
-        frame = self.env.render()
+        frame = np.ascontiguousarray(self.env.render())  # gymnasium's MuJoCo renderer hands out a flipped view
         if self.mode == "pixels":
             return frame
         return {"state": observation, "pixels": frame}

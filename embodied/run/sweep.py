@@ -130,6 +130,28 @@ def metric_of(evaluation: dict[str, float], metric: str | None) -> tuple[str, fl
     return metric, evaluation.get(metric, float("nan"))
 
 
+def ray_map(function, arguments: list[tuple], address: str | None = None, workers: int | None = None,
+            cpus_per_task: float = 1.0, gpus_per_task: float = 0.0, retries: int = 2):  # fmt: skip
+    """``function(*args)`` for every tuple in ``arguments``, each a Ray task (a local Ray
+    instance with ``workers`` CPU slots, or the cluster at ``address``) with its CPU and GPU
+    share, retried ``retries`` times on failure. Yields ``(index, result)`` as tasks finish;
+    a task that still fails yields its exception instead, and the others go on."""
+    import ray
+
+    ray_options = {"address": address} if address else {"num_cpus": workers or len(arguments)}
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **ray_options)
+    remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=retries,
+                        retry_exceptions=True)(function)  # fmt: skip
+    futures = {remote.remote(*args): index for index, args in enumerate(arguments)}
+    remaining = list(futures)
+    while remaining:
+        done, remaining = ray.wait(remaining, num_returns=1)
+        try:
+            yield futures[done[0]], ray.get(done[0])
+        except Exception as error:  # noqa: BLE001 - the caller reports it
+            yield futures[done[0]], error
+
+
 def sweep(config_path: str | Path, seeds: list[int], grid: dict[str, list[str]], sweep_dir: str | Path | None = None,
           address: str | None = None, workers: int | None = None, cpus_per_trial: float = 1.0,
           gpus_per_trial: float = 0.0, retries: int = 2, metric: str | None = None,
@@ -163,26 +185,17 @@ def sweep(config_path: str | Path, seeds: list[int], grid: dict[str, list[str]],
     log(f"sweep {sweep_dir}: {len(trials)} trials, {len(trials) - len(pending)} already finished")
     started = time.perf_counter()
     if pending:
-        import ray
-
-        ray_options = {"address": address} if address else {"num_cpus": workers or len(pending)}
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **ray_options)
-        remote = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=retries,
-                            retry_exceptions=True)(run_trial)  # fmt: skip
-        futures = {remote.remote(str(config_path.resolve()), t.overrides, str(sweep_dir / "runs" / t.name)): t
-                   for t in pending}  # fmt: skip
         failures = []
-        remaining = list(futures)
-        while remaining:
-            done, remaining = ray.wait(remaining, num_returns=1)
-            trial = futures[done[0]]
-            try:
-                results[trial.name] = ray.get(done[0])
-                _, value = metric_of(results[trial.name], metric)
-                log(f"[{len(results)}/{len(trials)} {time.perf_counter() - started:.0f}s] {trial.name}: {value:.4g}")
-            except Exception as error:  # noqa: BLE001 - reported, and the other trials go on
-                failures.append((trial.name, error))
-                log(f"{trial.name} failed after {retries} retries: {type(error).__name__}: {error}")
+        arguments = [(str(config_path.resolve()), t.overrides, str(sweep_dir / "runs" / t.name)) for t in pending]
+        for index, outcome in ray_map(run_trial, arguments, address, workers, cpus_per_trial, gpus_per_trial, retries):
+            trial = pending[index]
+            if isinstance(outcome, Exception):
+                failures.append((trial.name, outcome))
+                log(f"{trial.name} failed after {retries} retries: {type(outcome).__name__}: {outcome}")
+                continue
+            results[trial.name] = outcome
+            _, value = metric_of(outcome, metric)
+            log(f"[{len(results)}/{len(trials)} {time.perf_counter() - started:.0f}s] {trial.name}: {value:.4g}")
         if failures:
             write_summary(sweep_dir, trials, results, metric, time.perf_counter() - started)
             raise SweepError(f"{len(failures)} trial(s) failed: {', '.join(n for n, _ in failures)} (rerun the sweep "

@@ -3,6 +3,7 @@
 import csv
 
 import numpy as np
+import pytest
 
 from embodied.bench import offline_rl
 
@@ -24,7 +25,7 @@ def test_action_free_pipeline_and_merge(tmp_path, monkeypatch):
               "--evals", "1", "--eval-episodes", "1", "--workers", "1", "--run-dir", str(tmp_path / "runs"),
               "--out", str(out)]  # fmt: skip
     offline_rl.main([*common, "--algos", "bc"])
-    offline_rl.main([*common, "--algos", "mtm", "--action-free", "0.5", "--merge"])
+    offline_rl.main([*common, "--algos", "mtm", "--action-free", "0.5", "--labeller-steps", "4", "--merge"])
 
     stripped = list(read_episodes("metaworld-reach-mixed-actionfree50"))
     labelled = list(read_episodes("metaworld-reach-mixed-actionfree50-mtm-seed0"))
@@ -39,3 +40,19 @@ def test_action_free_pipeline_and_merge(tmp_path, monkeypatch):
     assert text.count("`python -m embodied.bench.offline_rl") == 2 and "iql + mtm labels" in text
     assert "| reach-v3 | mixed | 0 |" in text  # the label-quality row
     assert out.with_suffix(".png").exists()
+
+    # --algos may name one action-free column: only it runs, the rest of the table is kept.
+    calls = []
+    real = offline_rl.run_trials
+    monkeypatch.setattr(offline_rl, "run_trials", lambda fn, trials, *a: calls.append(trials) or real(fn, trials, *a))
+    offline_rl.main([*common, "--algos", "iql-mtm", "--action-free", "0.5", "--labeller-steps", "4", "--merge"])
+    assert [t["algo"] for t in calls[0]] == ["iql-mtm"]
+    assert calls[0][0]["labeller"]["train"]["steps"] == 4 and calls[0][0]["labeller"]["algo"]["state_differences"]
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        assert {row["algo"] for row in csv.DictReader(handle)} == {"bc", "mtm", "iql-af", "iql-mtm"}
+
+
+def test_action_free_column_needs_the_fraction(capsys):
+    with pytest.raises(SystemExit):
+        offline_rl.main(["--algos", "iql-mtm"])
+    assert "needs --action-free" in capsys.readouterr().err

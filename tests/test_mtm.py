@@ -197,3 +197,66 @@ def test_cli_label_actions(tmp_path, monkeypatch, capsys):
             assert np.isfinite(result.actions).all() and np.abs(result.actions).max() <= 1.0
     assert main(args) == 2  # the output exists: an error, not an overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+def test_state_differences_are_embedded_only_between_two_visible_states():
+    episodes, _ = point_mass(4)
+    agent = make_agent(state_differences=True)
+    agent.prepare(Dataset(episodes), total_steps=10)
+    steps = np.concatenate([np.diff(e.observations, axis=0) for e in episodes])
+    torch.testing.assert_close(agent.difference_normalizer.std, torch.as_tensor(steps.std(0, ddof=1)))
+    states = torch.randn(5, 4, 3)
+    moved = states.clone()
+    moved[:, 0] += 10.0  # a hidden state: neither its token nor s_1 − s_0 may reach the outputs
+    visible = inverse_dynamics_mask(4, 3)
+    visible[0, STATES] = False
+    first, second = (agent.reconstruct(visible, states=s)["actions"] for s in (states, moved))
+    torch.testing.assert_close(first, second)
+    # A checkpoint carries the difference standardiser and embedding.
+    shown = inverse_dynamics_mask(4, 3)
+    copy = make_agent(state_differences=True)
+    copy.load_state_dict(agent.state_dict())
+    expected = agent.reconstruct(shown, states=states)["actions"]
+    torch.testing.assert_close(copy.reconstruct(shown, states=states)["actions"], expected)
+    # The differences do reach the outputs when both states are shown.
+    with torch.no_grad():
+        for parameter in copy.model.embed_difference.parameters():
+            parameter.zero_()
+    assert not torch.allclose(copy.reconstruct(shown, states=states)["actions"], expected)
+
+
+def test_acted_share_draws_segments_with_actions():
+    episodes, actions = point_mass(20, action_free_every=1)  # all action-free, then 4 of 20 get theirs back
+    for i in range(0, 20, 5):
+        e = episodes[i]
+        episodes[i] = Episode(e.observations, actions[i], e.rewards, e.terminations, e.truncations)
+    dataset = Dataset(episodes)
+    generator = torch.Generator().manual_seed(0)
+    shares = {}
+    for share in (0.0, 0.5):
+        agent = make_agent(acted_share=share)
+        agent.prepare(dataset, total_steps=10)
+        batch = agent.sample(dataset, 400, generator)
+        shares[share] = batch.has_actions.all(dim=1).float().mean().item()
+    assert shares[0.0] < 0.3 and shares[0.5] >= 0.5, shares
+    with pytest.raises(ValueError, match="acted_share"):
+        make_agent(acted_share=1.5)
+
+
+def test_label_actions_reads_each_action_from_a_window_of_states(monkeypatch):
+    """With an exact inverse model of s' = s + a, the windowed labels are the true actions:
+    every a_t is read at its own position of a window inside the episode."""
+    episodes, true_actions = point_mass(3, steps=9, action_free_every=1)
+    short, short_actions = point_mass(1, steps=2, seed=3, action_free_every=1)  # 3 states: one shorter context
+    agent = make_agent(mask_patterns=("autoregressive", "inverse_dynamics"))
+    seen = []
+
+    def exact(states):
+        seen.append(states.shape[1])
+        return states[:, 1:] - states[:, :-1]
+
+    monkeypatch.setattr(agent, "inverse_dynamics", exact)
+    labelled = label_actions(agent, episodes + short)
+    for result, actions in zip(labelled, true_actions + short_actions):
+        np.testing.assert_allclose(result.actions, np.clip(actions, -1, 1), atol=1e-6)
+    assert set(seen) == {4, 3}

@@ -165,27 +165,38 @@ def _probe(trial: dict) -> dict:
     }  # fmt: skip
 
 
+def speed_agent(env_id: str, objective: str, device: str = "cpu", compiled: bool = False):
+    """A RePo or Dreamer agent at the benchmark's size (pixels) with a filled replay, and
+    a function that runs one world-model + behaviour update on a fresh batch."""
+    import embodied
+    from embodied.algos.repo import Dreamer, RePo, RePoConfig
+
+    env = embodied.make(env_id, obs="pixels", image_size=IMAGE_SIZE)
+    config = RePoConfig(objective=objective, **{**CPU_SIZES, "prefill": 10**9})
+    agent = (RePo if objective == "repo" else Dreamer)(config, env.observation_space, env.action_space, device)
+    agent.seed(0)
+    agent.attach(env)
+    agent.learn(config.seq_len * 4, lambda *step: None)
+    env.close()
+    if compiled:
+        agent.compile()
+
+    def update() -> None:
+        agent.update(agent.replay.sample(config.batch_size, config.seq_len, agent.rng, agent.device))
+
+    return agent, update
+
+
 def update_speed(env_id: str, objective: str, updates: int = 20) -> float:
     """World-model + behaviour updates/s at the benchmark's size (pixels), one torch thread."""
     import torch
 
-    import embodied
-    from embodied.algos.repo import Dreamer, RePo, RePoConfig
-
     torch.set_num_threads(1)
-    options = {"obs": "pixels", "image_size": IMAGE_SIZE}
-    env = embodied.make(env_id, **options)
-    config = RePoConfig(objective=objective, **{**CPU_SIZES, "prefill": 10**9})
-    agent = (RePo if objective == "repo" else Dreamer)(config, env.observation_space, env.action_space, "cpu")
-    agent.seed(0)
-    agent.attach(env)
-    agent.learn(config.seq_len * 4, lambda *step: None)
-    sample = lambda: agent.replay.sample(config.batch_size, config.seq_len, agent.rng)  # noqa: E731
-    agent.update(sample())  # warm-up
+    _, update = speed_agent(env_id, objective)
+    update()  # warm-up
     start = time.perf_counter()
     for _ in range(updates):
-        agent.update(sample())
-    env.close()
+        update()
     return updates / (time.perf_counter() - start)
 
 

@@ -6,8 +6,10 @@ d3rlpy, and the wall-clock speed-up of a sweep from 1 to N Ray workers, one comm
 Updates/s: IQL, IPL and MTM (MTM at the CPU size of ``embodied.bench.offline_rl``) on the
 same Meta-World dataset as ``embodied.bench.iql_speed`` (push, mixed, 100 episodes), batch
 256 (MTM: 64 segments of 4 steps; IPL: 256 transitions and 8 labelled pairs of 50-step
-segments), every update drawing its own batch; variants take turns for ``--rounds``
-rounds and the median is reported. d3rlpy's IQL runs in its own virtual environment
+segments), every update drawing its own batch; RePo and its Dreamer baseline at the size
+of ``embodied.bench.repo`` (32×32 pixels of ``nav/open-v0``, 16 sequences of 32 steps,
+world model + imagined actor-critic per update, from a replay of random steps); variants
+take turns for ``--rounds`` rounds and the median is reported. d3rlpy's IQL runs in its own virtual environment
 (``.venv-d3rlpy``) when present. On a GPU machine pass ``--device cuda``.
 
 Sweep speed-up: one sweep of ``--sweep-trials`` BC trials (2 grid values × seeds) on local
@@ -38,6 +40,31 @@ SWEEP_DATASET = "bench-reach-mixed-20"
 #: What one update draws (as in the benchmarks): MTM samples 64 segments of 4 steps, as
 #: many timesteps as IQL's 256 transitions.
 BATCH_SIZES = {"MTM": 64}
+#: A round runs --updates / UPDATE_SHARE updates of these slower models (a RePo update costs
+#: about 40 IQL updates here), so that no variant dominates a round's time.
+UPDATE_SHARE = {"MTM": 4, "RePo": 10, "Dreamer": 10}
+
+
+def world_model_agents(device: str, compile_too: bool) -> dict:
+    """RePo and Dreamer update functions at the RePo benchmark's size."""
+    from embodied.bench.repo import speed_agent
+
+    updates = {}
+    for name, objective in (("RePo", "repo"), ("Dreamer", "dreamer")):
+        for compiled in (False, True) if compile_too else (False,):
+            updates[(name, "torch.compile" if compiled else "eager")] = speed_agent(
+                "nav/open-v0", objective, device, compiled)[1]  # fmt: skip
+    return updates
+
+
+def time_updates(update, updates: int, device: str) -> float:
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(updates):
+        update()
+    synchronize()
+    return updates / (time.perf_counter() - start)
 
 
 def build_agents(dataset, env, device: str, compile_too: bool) -> dict:
@@ -97,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-world-models", action="store_true", help="skip RePo and Dreamer")
     parser.add_argument("--d3rlpy-python", type=Path, default=Path(".venv-d3rlpy/bin/python"))
     parser.add_argument("--sweep-workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--sweep-trials", type=int, default=4)
@@ -114,20 +142,27 @@ def main(argv: list[str] | None = None) -> None:
     env = embodied.make("metaworld/push-v3")
     generator = torch.Generator(device="cpu").manual_seed(0)
     agents = build_agents(dataset, env, args.device, not args.no_compile)
+    world_models = {} if args.no_world_models else world_model_agents(args.device, not args.no_compile)
     compile_seconds = {}
     for key, agent in agents.items():  # warm up (and compile) before any timing
         started = time.perf_counter()
         ours(dataset, agent, 1, generator, BATCH_SIZES.get(key[0], 256))
         compile_seconds[key] = time.perf_counter() - started
-    samples: dict[tuple, list[float]] = {key: [] for key in agents}
+    for key, update in world_models.items():
+        started = time.perf_counter()
+        time_updates(update, 2, args.device)
+        compile_seconds[key] = time.perf_counter() - started
+    samples: dict[tuple, list[float]] = {key: [] for key in [*agents, *world_models]}
     d3rlpy_samples: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "d4rl.hdf5"
         hdf5io.export_d4rl(name, export)
         for round_index in range(args.rounds):
             for key, agent in agents.items():
-                updates = args.updates // 4 if key[0] == "MTM" else args.updates
+                updates = max(1, args.updates // UPDATE_SHARE.get(key[0], 1))
                 samples[key].append(ours(dataset, agent, updates, generator, BATCH_SIZES.get(key[0], 256)))
+            for key, update in world_models.items():
+                samples[key].append(time_updates(update, max(2, args.updates // UPDATE_SHARE[key[0]]), args.device))
             if args.d3rlpy_python.exists():
                 device = "cuda:0" if args.device.startswith("cuda") else "cpu:0"
                 d3rlpy_samples.append(d3rlpy(export, args.d3rlpy_python, args.updates, device))
@@ -164,8 +199,12 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "MTM: width 64, 2 heads (CPU size), 64 segments of 4 steps per update. IPL: 2×256 MLPs, 256 transitions "
         "plus 8 labelled pairs of 50-step segments per update (1,056 rows, about 4× an IQL batch). "
-        "CORL's single-file IQL is not measured (it is not a package; it needs D4RL and pyrallis). RePo does not "
-        "exist yet. No GPU was lent to this task, so there are no CUDA numbers; `--device cuda` measures them.",
+        "RePo, Dreamer: 32×32 pixels, RSSM h 100 / z 16, 16 sequences of 32 steps, world model and imagined "
+        "actor-critic per update (the RePo benchmark's CPU size); `torch.compile` compiles the networks, the "
+        "loops over time stay eager. "
+        "CORL's single-file IQL is not measured (it is not a package; it needs D4RL and pyrallis). "
+        + ("" if args.device.startswith("cuda") else
+           "No GPU was lent to this task, so there are no CUDA numbers; `--device cuda` measures them."),
         "",
         f"## Sweep wall-clock: {args.sweep_trials} BC trials of {args.sweep_steps} updates on local Ray",
         "",

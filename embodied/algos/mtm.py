@@ -563,40 +563,23 @@ def label_actions(agent: MTM, episodes: Sequence[Episode], batch_size: int = 819
     todo = [index for index, episode in enumerate(episodes) if not episode.has_actions]
     if not todo:
         return list(episodes)
-    length, back = agent.length, (agent.length - 2) // 2
-    windows, positions, short = [], [], {}
-    for index in todo:
-        observations = episodes[index].observations
-        if isinstance(observations, dict):
-            raise DatasetError(f"episode {index}: label_actions needs array observations, not keys {list(observations)}")
-        steps = len(episodes[index])
-        observations = np.asarray(observations, dtype=np.float32).reshape(steps + 1, -1)
-        if observations.shape[1] != agent.obs_dim:
-            raise DatasetError(
-                f"episode {index}: observations have {observations.shape[1]} features; the agent takes {agent.obs_dim}"
-            )
-        if steps + 1 < length:
-            short[index] = observations
-            continue
-        start = np.clip(np.arange(steps) - back, 0, steps + 1 - length)
-        windows.append(observations[start[:, None] + np.arange(length)])  # (T, L, obs)
-        positions.append(np.arange(steps) - start)
     was_training = agent.training
     agent.eval()
     try:
         labels = {}
-        if windows:
-            states, position = torch.from_numpy(np.concatenate(windows)), torch.from_numpy(np.concatenate(positions))
-            guesses = torch.cat([agent.inverse_dynamics(chunk.to(agent.device)).cpu() for chunk in states.split(batch_size)])
-            flat = guesses[torch.arange(len(position)), position].numpy()
-            long = [index for index in todo if index not in short]
-            offsets = np.cumsum([len(episodes[index]) for index in long])[:-1]
-            labels = dict(zip(long, np.split(flat, offsets)))
-        for index, observations in short.items():
-            if len(observations) < 2:  # no step to label
-                labels[index] = np.zeros((0, agent.action_dim), dtype=np.float32)
-                continue
-            labels[index] = agent.inverse_dynamics(torch.from_numpy(observations[None]).to(agent.device))[0].cpu().numpy()
+        for index in todo:
+            observations = episodes[index].observations
+            if isinstance(observations, dict):
+                raise DatasetError(
+                    f"episode {index}: label_actions needs array observations, not keys {list(observations)}"
+                )
+            steps = len(episodes[index])
+            observations = np.asarray(observations, dtype=np.float32).reshape(steps + 1, -1)
+            if observations.shape[1] != agent.obs_dim:
+                raise DatasetError(
+                    f"episode {index}: observations have {observations.shape[1]} features; the agent takes {agent.obs_dim}"
+                )
+            labels[index] = _inverse_dynamics_labels(agent, torch.from_numpy(observations), batch_size)
     finally:
         agent.train(was_training)
     space = agent.action_space
@@ -610,3 +593,17 @@ def label_actions(agent: MTM, episodes: Sequence[Episode], batch_size: int = 819
             infos=episode.infos, metadata={**episode.metadata, "has_actions": True, "actions_labelled_by": "mtm"},
         )  # fmt: skip
     return labelled
+
+
+def _inverse_dynamics_labels(agent: MTM, observations: torch.Tensor, batch_size: int) -> np.ndarray:
+    """a_0 … a_{T−1} of one episode's states (T+1, obs), each from its window (label_actions)."""
+    steps, length = len(observations) - 1, agent.length
+    if steps == 0:
+        return np.zeros((0, agent.action_dim), dtype=np.float32)
+    if steps + 1 < length:  # one shorter context: the whole episode
+        return agent.inverse_dynamics(observations[None].to(agent.device))[0].cpu().numpy()
+    start = (torch.arange(steps) - (length - 2) // 2).clamp(0, steps + 1 - length)
+    position = torch.arange(steps) - start
+    windows = observations[start[:, None] + torch.arange(length)]  # (T, L, obs)
+    guesses = torch.cat([agent.inverse_dynamics(chunk.to(agent.device)).cpu() for chunk in windows.split(batch_size)])
+    return guesses[torch.arange(steps), position].numpy()

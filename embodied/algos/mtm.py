@@ -76,8 +76,11 @@ class MTMConfig:
     as reported for the paper (the released config uses 1024).
 
     To label action-free episodes, add the ``"inverse_dynamics"`` pattern: under the
-    autoregressive mask alone a transition with its action hidden and nothing else
-    visible is rare, and inverse dynamics from it learns slowly.
+    autoregressive mask alone a segment of states with every action hidden is rare, and
+    inverse dynamics from it learns slowly. On Meta-World also set ``state_differences``
+    and ``acted_share`` (0.5 in ``embodied.bench.offline_rl``): with 90 % of episodes
+    action-free, 10k updates at the CPU size gave labels that correlate 0.74 with the true
+    actions of drawer-open (0.19 with neither).
 
     The loss and the masks are described in the module docstring.
     """

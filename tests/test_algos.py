@@ -131,6 +131,38 @@ def test_config_errors_name_the_key(tmp_path):
         load(path, ["algo.expectile"])
 
 
+@pytest.mark.parametrize("algo", ["iql", "mtm"])
+def test_bf16_precision_trains_and_keeps_fp32_weights(algo, tmp_path, monkeypatch):
+    cls, seen = agent_class(algo), []
+    update = cls.update
+
+    def recorded(self, batch, step):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return update(self, batch, step)
+
+    monkeypatch.setattr(cls, "update", recorded)
+    run_dir = train(small_config(algo, tmp_path, precision="bf16", steps=10, checkpoint_every=10, log_every=5))
+    rows = (run_dir / "train.csv").read_text().strip().splitlines()
+    header, values = rows[0].split(","), [row.split(",") for row in rows[1:]]
+    losses = [float(row[i]) for row in values for i, name in enumerate(header) if name.endswith("loss") and row[i]]
+    assert losses and np.isfinite(losses).all()
+    weights = checkpoint.read(run_dir / "checkpoints" / "step_10.pt")["agent"]["modules"]
+    assert all(value.dtype != torch.bfloat16 for value in weights.values())
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["precision"] == "bf16"
+    assert len(seen) == 10 and all(seen)  # every update ran under bf16 autocast
+
+
+def test_compile_mode_reaches_the_agent(tmp_path, monkeypatch):
+    modes = []
+    monkeypatch.setattr(agent_class("iql"), "compile", lambda self, mode="default": modes.append(mode))
+    train(small_config("iql", tmp_path, steps=2, compile=True, compile_mode="max-autotune-no-cudagraphs"))
+    assert modes == ["max-autotune-no-cudagraphs"]
+    with pytest.raises(ConfigError, match="train.compile_mode must be one of"):
+        parse({"algo": {"name": "iql"}, "train": {"compile_mode": "fastest"}})
+    with pytest.raises(ConfigError, match="train.precision must be 'fp32' or 'bf16'"):
+        parse({"algo": {"name": "iql"}, "train": {"precision": "fp16"}})
+
+
 def test_every_shipped_config_parses():
     from pathlib import Path
 

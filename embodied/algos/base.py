@@ -46,8 +46,9 @@ class Agent(nn.Module):
         """The batch this agent learns from (default: one-step transitions with actions)."""
         return dataset.sample(batch_size, generator=generator)
 
-    def compile(self) -> None:
-        """Compile the hot path with ``torch.compile`` (``train.compile``); default: nothing."""
+    def compile(self, mode: str = "default") -> None:
+        """Compile the hot path with ``torch.compile`` in ``mode`` (``train.compile``,
+        ``train.compile_mode``); default: nothing."""
 
     def update(self, batch, step: int) -> dict[str, torch.Tensor]:
         """One gradient step; returns detached scalar tensors (logged without a sync each step)."""

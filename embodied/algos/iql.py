@@ -93,11 +93,11 @@ class IQL(Agent):
         if self.config.actor_cosine_decay:
             self.actor_schedule.T_max = total_steps
 
-    def compile(self) -> None:
-        self.critic.compile()
-        self.target_critic.compile()
-        self.value.compile()
-        self.actor.compile()
+    def compile(self, mode: str = "default") -> None:
+        self.critic.compile(mode=mode)
+        self.target_critic.compile(mode=mode)
+        self.value.compile(mode=mode)
+        self.actor.compile(mode=mode)
 
     def update(self, batch, step: int) -> dict[str, torch.Tensor]:
         config = self.config

@@ -431,8 +431,8 @@ class MTM(Agent):
         self.schedule.step()
         return {"loss": loss.detach(), **metrics, "learning_rate": torch.tensor(self.schedule.get_last_lr()[0])}
 
-    def compile(self) -> None:
-        self.model.compile()
+    def compile(self, mode: str = "default") -> None:
+        self.model.compile(mode=mode)
 
     # --- inference by choosing a mask ----------------------------------------------------------
     def reconstruct(

@@ -316,12 +316,12 @@ class RePo(Agent):
             metrics["beta"] = self.log_beta.exp().detach()
         return posterior, {**metrics, "model_loss": loss.detach()}
 
-    def compile(self) -> None:
+    def compile(self, mode: str = "default") -> None:
         """``torch.compile`` the networks the update runs many times per step (the RSSM's
         cells and heads, encoder, decoder); the Python loops over time stay eager."""
         for module in (self.encoder, self.decoder, self.reward_head, self.inverse, self.actor, self.value,
                        self.rssm.inp, self.rssm.gru, self.rssm.prior_net, self.rssm.posterior_net):  # fmt: skip
-            module.compile()
+            module.compile(mode=mode)
 
     # --- acting --------------------------------------------------------------------------
     def _to_env(self, action: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,9 @@ class DataConfig:
     label: dict | None = None  # how to make `preferences` when missing: teacher, pairs, segment_len, eps, beta, gamma, k, seed
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     """The training loop. Offline algorithms count gradient updates; online ones (SAC,
@@ -65,8 +68,20 @@ class TrainConfig:
     run_dir: str = "runs"  # runs are written to <run_dir>/<name>
     name: str = ""  # run name; default: <algo>-<dataset>-seed<seed>
     compile: bool = False  # torch.compile the update step (offline algorithms and RePo; CUDA; off on CPU by default)
+    # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs on a GPU), "max-autotune",
+    # "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
+    # "bf16": the offline update's forward passes run under torch.autocast(bfloat16), for
+    # GPUs with bf16 tensor cores; weights, optimiser state and the loop's metrics stay fp32
+    precision: str = "fp32"
     wandb: bool = False  # also log to Weights & Biases
     progress: bool = True  # progress bar on a terminal
+
+    def __post_init__(self):
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {self.precision!r}")
 
 
 @dataclass
@@ -90,14 +105,14 @@ class RunConfig:
 
 #: TrainConfig keys that online algorithms do not use (``compile`` is used by those that
 #: compile themselves, e.g. RePo; SB3's models are not compiled).
-OFFLINE_TRAIN_KEYS = ("batch_size", "compile")
+OFFLINE_TRAIN_KEYS = ("batch_size", "compile", "compile_mode", "precision")
 
 
 def unused_train_keys(cls) -> tuple[str, ...]:
     from embodied.algos.base import Agent
 
     compiles = cls.compile is not Agent.compile
-    return tuple(k for k in OFFLINE_TRAIN_KEYS if not (k == "compile" and compiles))
+    return tuple(k for k in OFFLINE_TRAIN_KEYS if not (k in ("compile", "compile_mode") and compiles))
 
 
 def algo_name(config: Any) -> str:

@@ -175,7 +175,7 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None) -> 
     agent.to(device)
     agent.prepare(dataset, train_config.steps)
     if train_config.compile:
-        agent.compile()
+        agent.compile(train_config.compile_mode)
 
     start = 0
     if payload is not None:
@@ -206,7 +206,8 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None) -> 
     agent.train()
     for step in range(start + 1, train_config.steps + 1):
         batch = agent.sample(dataset, train_config.batch_size, generator)
-        metrics = agent.update(batch, step)
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=train_config.precision == "bf16"):
+            metrics = agent.update(batch, step)
         for key, value in metrics.items():
             sums[key] = sums[key] + value if key in sums else value.detach().clone()
         count += 1

@@ -205,7 +205,7 @@ def run(config: RunConfig, run_dir: Path, payload: dict | None) -> Path:
             config.algo, env.observation_space, env.action_space, resolve_device(train_config.device)
         )
         if train_config.compile:
-            agent.compile()
+            agent.compile(train_config.compile_mode)
         start, episode, errors = 0, 0, 0
         if payload is None:
             agent.seed(train_config.seed)

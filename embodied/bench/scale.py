@@ -8,8 +8,9 @@ same Meta-World dataset as ``embodied.bench.iql_speed`` (push, mixed, 100 episod
 256 (MTM: 64 segments of 4 steps; IPL: 256 transitions and 8 labelled pairs of 50-step
 segments), every update drawing its own batch; RePo and its Dreamer baseline at the size
 of ``embodied.bench.repo`` (32×32 pixels of ``nav/open-v0``, 16 sequences of 32 steps,
-world model + imagined actor-critic per update, from a replay of random steps); variants
-take turns for ``--rounds`` rounds and the median is reported. d3rlpy's IQL runs in its own virtual environment
+world model + imagined actor-critic per update, from a replay of random steps). Variants:
+eager, ``torch.compile`` and (IQL, MTM) bf16 autocast; they take turns for ``--rounds``
+rounds and the median is reported. d3rlpy's IQL runs in its own virtual environment
 (``.venv-d3rlpy``) when present. On a GPU machine pass ``--device cuda``.
 
 Sweep speed-up: one sweep of ``--sweep-trials`` BC trials (2 grid values × seeds) on local
@@ -83,13 +84,20 @@ def build_agents(dataset, env, device: str, compile_too: bool) -> dict:
     }  # fmt: skip
     agents = {}
     for name, make in makers.items():
-        for compiled in (False, True) if compile_too else (False,):
+        for variant in ("eager", "torch.compile", "bf16") if compile_too else ("eager", "bf16"):
+            if variant == "bf16" and name == "IPL":
+                continue  # IPL's update is IQL's
             agent = make()
             agent.prepare(dataset, 10_000)
-            if compiled:
+            if variant == "torch.compile":
                 agent.compile()
-            agents[(name, "torch.compile" if compiled else "eager")] = agent
+            agents[(name, variant)] = agent
     return agents
+
+
+def precision(key: tuple, device: str):
+    """The autocast context of a variant (``train.precision=bf16`` for "bf16")."""
+    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=key[1] == "bf16")
 
 
 def time_sweep(workers: int, trials: int, steps: int) -> float:
@@ -146,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     compile_seconds = {}
     for key, agent in agents.items():  # warm up (and compile) before any timing
         started = time.perf_counter()
-        ours(dataset, agent, 1, generator, BATCH_SIZES.get(key[0], 256))
+        with precision(key, args.device):
+            ours(dataset, agent, 1, generator, BATCH_SIZES.get(key[0], 256))
         compile_seconds[key] = time.perf_counter() - started
     for key, update in world_models.items():
         started = time.perf_counter()
@@ -160,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         for round_index in range(args.rounds):
             for key, agent in agents.items():
                 updates = max(1, args.updates // UPDATE_SHARE.get(key[0], 1))
-                samples[key].append(ours(dataset, agent, updates, generator, BATCH_SIZES.get(key[0], 256)))
+                with precision(key, args.device):
+                    samples[key].append(ours(dataset, agent, updates, generator, BATCH_SIZES.get(key[0], 256)))
             for key, update in world_models.items():
                 samples[key].append(time_updates(update, max(2, args.updates // UPDATE_SHARE[key[0]]), args.device))
             if args.d3rlpy_python.exists():
@@ -199,21 +209,19 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "MTM: width 64, 2 heads (CPU size), 64 segments of 4 steps per update. IPL: 2×256 MLPs, 256 transitions "
         "plus 8 labelled pairs of 50-step segments per update (1,056 rows, about 4× an IQL batch). "
-        "RePo, Dreamer: 32×32 pixels, RSSM h 100 / z 16, 16 sequences of 32 steps, world model and imagined "
-        "actor-critic per update (the RePo benchmark's CPU size); `torch.compile` compiles the networks, the "
-        "loops over time stay eager. "
+        "bf16: the update under bf16 autocast (`train.precision=bf16`), weights fp32. RePo, Dreamer: 32×32 "
+        "pixels, RSSM h 100 / z 16, 16 sequences of 32 steps, world model and imagined actor-critic per update "
+        "(the RePo benchmark's CPU size); `torch.compile` compiles the networks, the loops over time stay eager. "
         "CORL's single-file IQL is not measured (it is not a package; it needs D4RL and pyrallis). "
         + ("" if args.device.startswith("cuda") else
            "No GPU was lent to this task, so there are no CUDA numbers; `--device cuda` measures them."),
-        "",
-        f"## Sweep wall-clock: {args.sweep_trials} BC trials of {args.sweep_steps} updates on local Ray",
-        "",
-        "| workers | seconds | speed-up |",
-        "|---:|---:|---:|",
     ]
-    base = sweep_seconds.get(min(sweep_seconds)) if sweep_seconds else None
-    for workers, seconds in sweep_seconds.items():
-        lines.append(f"| {workers} | {seconds:.1f} | ×{base / seconds:.2f} |")
+    if sweep_seconds:
+        lines += ["", f"## Sweep wall-clock: {args.sweep_trials} BC trials of {args.sweep_steps} updates on local Ray",
+                  "", "| workers | seconds | speed-up |", "|---:|---:|---:|"]  # fmt: skip
+        base = sweep_seconds[min(sweep_seconds)]
+        for workers, seconds in sweep_seconds.items():
+            lines.append(f"| {workers} | {seconds:.1f} | ×{base / seconds:.2f} |")
     lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))

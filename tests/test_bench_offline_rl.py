@@ -45,11 +45,26 @@ def test_action_free_pipeline_and_merge(tmp_path, monkeypatch):
     calls = []
     real = offline_rl.run_trials
     monkeypatch.setattr(offline_rl, "run_trials", lambda fn, trials, *a: calls.append(trials) or real(fn, trials, *a))
+    written, real_write = [], offline_rl.write
+    monkeypatch.setattr(offline_rl, "write", lambda results, args, commands: written.append(args) or real_write(
+        results, args, commands))  # fmt: skip
     offline_rl.main([*common, "--algos", "iql-mtm", "--action-free", "0.5", "--labeller-steps", "4", "--merge"])
     assert [t["algo"] for t in calls[0]] == ["iql-mtm"]
     assert calls[0][0]["labeller"]["train"]["steps"] == 4 and calls[0][0]["labeller"]["algo"]["state_differences"]
     with open(out.with_suffix(".csv"), newline="") as handle:
         assert {row["algo"] for row in csv.DictReader(handle)} == {"bc", "mtm", "iql-af", "iql-mtm"}
+
+    # A rerun on a machine without the dataset keeps the data score the table gave it.
+    import shutil
+
+    from embodied.data import dataset_path
+
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| reach-v3 | mixed |") and "±" in line)
+    shutil.rmtree(dataset_path("metaworld-reach-mixed"))
+    results, commands = offline_rl.read_earlier(out)
+    offline_rl.write(results, written[-1], commands)
+    again = next(line for line in out.read_text().splitlines() if line.startswith("| reach-v3 | mixed |") and "±" in line)
+    assert again.split("|")[3] == row.split("|")[3] and "nan" not in again.split("|")[3]
 
 
 def test_action_free_column_needs_the_fraction(capsys):

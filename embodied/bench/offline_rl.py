@@ -305,11 +305,19 @@ def write(results: list[dict], args, commands: list[str]) -> None:
     algos = sorted({r["algo"] for r in results} | set(args.algos), key=lambda a: (a not in order, order.index(a) if a in order else a))
     panels = [(t, q) for t in tasks for q in qualities if any((t, q, a) in groups for a in algos)]
 
+    # A merged row's dataset may not be on this machine: its score as the earlier table gave it.
+    earlier = {}
+    if args.out.exists():
+        for line in args.out.read_text().splitlines():
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if len(cells) > 3 and cells[0] in tasks and cells[1] in qualities and ("±" in line or "—" in line):
+                earlier[(cells[0], cells[1])] = float(cells[2]) if cells[2] not in ("", "nan") else float("nan")
+
     def data_score(task: str, quality: str) -> float:
         try:
             info = dataset_info(dataset_name(task, quality))
         except Exception:  # noqa: BLE001 - a merged row whose dataset is not on this machine
-            return float("nan")
+            return earlier.get((task, quality), float("nan"))
         if env_id_of(task).startswith("metaworld/"):
             return info.get("success_rate", float("nan"))
         return score(task, {"eval/return": info["return_mean"]})

@@ -113,7 +113,8 @@ class MTMConfig:
     # state differences (Nagabandi et al. 2018; Chua et al. 2018). Meta-World's per-step
     # motions are millimetres against centimetres of spread: in standardised state units the
     # network would have to subtract two tokens to a few per cent, and inverse dynamics from
-    # them stays poor (action-label correlation 0.2 here against 0.8 with differences).
+    # them stays poor (drawer-open label correlation: 0.19 without, 0.30 with differences,
+    # 0.74 with differences, acted_share 0.5 and twice the updates).
     state_differences: bool = False
     # Our addition: the share of each batch drawn from segments whose actions are all known
     # (0: uniform over all segments, the authors'). With 90 % of episodes action-free a

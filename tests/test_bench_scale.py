@@ -14,6 +14,6 @@ def test_world_model_updates_are_timed_and_learn():
 
     agent, update = speed_agent("nav/open-v0", "repo")
     before = [p.detach().clone() for p in agent.parameters()]
-    rate = scale.time_updates(update, 1, "cpu")
+    rate = scale.calls_per_second(update, 1, "cpu")
     assert 0 < rate < math.inf
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.parameters()))

@@ -565,37 +565,31 @@ def label_actions(agent: MTM, episodes: Sequence[Episode], batch_size: int = 819
             stacklevel=2,
         )
     todo = [index for index, episode in enumerate(episodes) if not episode.has_actions]
-    if not todo:
-        return list(episodes)
+    space = agent.action_space
+    labelled = list(episodes)
     was_training = agent.training
     agent.eval()
     try:
-        labels = {}
         for index in todo:
-            observations = episodes[index].observations
-            if isinstance(observations, dict):
+            episode = episodes[index]
+            if isinstance(episode.observations, dict):
                 raise DatasetError(
-                    f"episode {index}: label_actions needs array observations, not keys {list(observations)}"
+                    f"episode {index}: label_actions needs array observations, not keys {list(episode.observations)}"
                 )
-            steps = len(episodes[index])
-            observations = np.asarray(observations, dtype=np.float32).reshape(steps + 1, -1)
+            observations = np.asarray(episode.observations, dtype=np.float32).reshape(len(episode) + 1, -1)
             if observations.shape[1] != agent.obs_dim:
                 raise DatasetError(
                     f"episode {index}: observations have {observations.shape[1]} features; the agent takes {agent.obs_dim}"
                 )
-            labels[index] = _inverse_dynamics_labels(agent, torch.from_numpy(observations), batch_size)
+            actions = _inverse_dynamics_labels(agent, torch.from_numpy(observations), batch_size)
+            actions = np.clip(actions, space.low.reshape(-1), space.high.reshape(-1)).astype(space.dtype)
+            labelled[index] = Episode(
+                observations=episode.observations, actions=actions.reshape(len(episode), *space.shape),
+                rewards=episode.rewards, terminations=episode.terminations, truncations=episode.truncations,
+                infos=episode.infos, metadata={**episode.metadata, "has_actions": True, "actions_labelled_by": "mtm"},
+            )  # fmt: skip
     finally:
         agent.train(was_training)
-    space = agent.action_space
-    labelled = list(episodes)
-    for index in todo:
-        episode = episodes[index]
-        actions = np.clip(labels[index], space.low.reshape(-1), space.high.reshape(-1)).astype(space.dtype)
-        labelled[index] = Episode(
-            observations=episode.observations, actions=actions.reshape(len(episode), *space.shape),
-            rewards=episode.rewards, terminations=episode.terminations, truncations=episode.truncations,
-            infos=episode.infos, metadata={**episode.metadata, "has_actions": True, "actions_labelled_by": "mtm"},
-        )  # fmt: skip
     return labelled
 
 

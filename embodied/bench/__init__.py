@@ -59,6 +59,21 @@ def run_trials(run_trial, trials: list[dict], workers: int, describe) -> list[di
     return results
 
 
+def calls_per_second(function, calls: int, device: str = "cpu") -> float:
+    """Calls of ``function()`` per second, the GPU's queue drained before and after."""
+    import time
+
+    import torch
+
+    synchronize = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        function()
+    synchronize()
+    return calls / (time.perf_counter() - start)
+
+
 def mean_std(values) -> str:
     """``"0.70 ± 0.36"`` over the values that are not NaN (``"—"`` when none are)."""
     import numpy as np

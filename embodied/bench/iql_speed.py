@@ -12,6 +12,7 @@ d3rlpy runs in its own virtual environment (``.venv-d3rlpy``; it pins gymnasium 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -26,17 +27,18 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch  # noqa: E402
 
+from embodied.bench import calls_per_second  # noqa: E402
+
 
 def ours(dataset, agent, updates: int, generator, batch_size: int = 256) -> float:
-    synchronize = torch.cuda.synchronize if agent.device.type == "cuda" else (lambda: None)
-    for step in range(10):  # warm up
-        agent.update(agent.sample(dataset, batch_size, generator), step)
-    synchronize()
-    start = time.perf_counter()
-    for step in range(updates):
-        agent.update(agent.sample(dataset, batch_size, generator), step)
-    synchronize()
-    return updates / (time.perf_counter() - start)
+    steps = itertools.count()
+
+    def step() -> None:
+        agent.update(agent.sample(dataset, batch_size, generator), next(steps))
+
+    for _ in range(10):  # warm up
+        step()
+    return calls_per_second(step, updates, agent.device.type)
 
 
 def d3rlpy(path: Path, python: Path, updates: int, device: str) -> float:

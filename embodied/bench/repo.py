@@ -40,7 +40,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import cached, mean_std, plot_mean_std, run_trials  # noqa: E402
+from embodied.bench import cached, calls_per_second, mean_std, plot_mean_std, run_trials  # noqa: E402
 from embodied.bench.offline_rl import train_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -194,10 +194,7 @@ def update_speed(env_id: str, objective: str, updates: int = 20) -> float:
     torch.set_num_threads(1)
     _, update = speed_agent(env_id, objective)
     update()  # warm-up
-    start = time.perf_counter()
-    for _ in range(updates):
-        update()
-    return updates / (time.perf_counter() - start)
+    return calls_per_second(update, updates)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from embodied.bench import calls_per_second  # noqa: E402
 from embodied.bench.iql_speed import d3rlpy, ours  # noqa: E402
 
 
@@ -56,16 +57,6 @@ def world_model_agents(device: str, compile_too: bool) -> dict:
             updates[(name, "torch.compile" if compiled else "eager")] = speed_agent(
                 "nav/open-v0", objective, device, compiled)[1]  # fmt: skip
     return updates
-
-
-def time_updates(update, updates: int, device: str) -> float:
-    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    synchronize()
-    start = time.perf_counter()
-    for _ in range(updates):
-        update()
-    synchronize()
-    return updates / (time.perf_counter() - start)
 
 
 def build_agents(dataset, env, device: str, compile_too: bool) -> dict:
@@ -97,7 +88,9 @@ def build_agents(dataset, env, device: str, compile_too: bool) -> dict:
 
 def precision(key: tuple, device: str):
     """The autocast context of a variant (``train.precision=bf16`` for "bf16")."""
-    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=key[1] == "bf16")
+    from embodied.run.fit import update_precision
+
+    return update_precision("bf16" if key[1] == "bf16" else "fp32", device)
 
 
 def time_sweep(workers: int, trials: int, steps: int) -> float:
@@ -159,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         compile_seconds[key] = time.perf_counter() - started
     for key, update in world_models.items():
         started = time.perf_counter()
-        time_updates(update, 2, args.device)
+        calls_per_second(update, 2, args.device)
         compile_seconds[key] = time.perf_counter() - started
     samples: dict[tuple, list[float]] = {key: [] for key in [*agents, *world_models]}
     d3rlpy_samples: list[float] = []
@@ -172,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                 with precision(key, args.device):
                     samples[key].append(ours(dataset, agent, updates, generator, BATCH_SIZES.get(key[0], 256)))
             for key, update in world_models.items():
-                samples[key].append(time_updates(update, max(2, args.updates // UPDATE_SHARE[key[0]]), args.device))
+                samples[key].append(calls_per_second(update, max(2, args.updates // UPDATE_SHARE[key[0]]), args.device))
             if args.d3rlpy_python.exists():
                 device = "cuda:0" if args.device.startswith("cuda") else "cpu:0"
                 d3rlpy_samples.append(d3rlpy(export, args.d3rlpy_python, args.updates, device))

@@ -152,6 +152,11 @@ def open_run(config: RunConfig | None, resume: str | Path | None) -> tuple[RunCo
     return config, run_dir, None
 
 
+def update_precision(precision: str, device: str | torch.device):
+    """The context an update runs in: bf16 autocast for ``train.precision=bf16``."""
+    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16")
+
+
 def train(config: RunConfig | None = None, resume: str | Path | None = None) -> Path:
     """Train an agent (offline, or online for SAC/PPO); returns its run directory."""
     import embodied
@@ -206,7 +211,7 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None) -> 
     agent.train()
     for step in range(start + 1, train_config.steps + 1):
         batch = agent.sample(dataset, train_config.batch_size, generator)
-        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=train_config.precision == "bf16"):
+        with update_precision(train_config.precision, device):
             metrics = agent.update(batch, step)
         for key, value in metrics.items():
             sums[key] = sums[key] + value if key in sums else value.detach().clone()

@@ -161,10 +161,11 @@ def test_bench_writes_its_section(tmp_path):
             "--out", str(out), "--run-dir", str(tmp_path / "runs")]  # fmt: skip
     bench.main(argv)
     text = out.read_text()
-    assert "## (a) VLM\n\nkept" in text and "## (c) PARL" in text and "| A-PARL (bilevel hypergradient) |" in text
-    assert (tmp_path / "language_parl.png").exists() and (tmp_path / "language_parl.csv").exists()
+    assert "## (a) VLM\n\nkept" in text and "## (c) PARL on nav/open-v0" in text and "| A-PARL (bilevel hypergradient) |" in text
+    assert (tmp_path / "language_parl_nav-open-v0.png").exists()
+    assert (tmp_path / "language_parl_nav-open-v0.csv").exists()
     saved = sorted((tmp_path / "runs").glob("*.json"))
-    assert [p.name for p in saved] == ["a-parl-seed0.json", "direct-seed0.json", "two-stage-seed0.json"]
+    assert [p.name for p in saved] == [f"nav-open-v0-{v}-seed0.json" for v in ("a-parl", "direct", "two-stage")]
     written = {p: p.stat().st_mtime_ns for p in saved}
     bench.main(argv)  # a rerun reads the finished runs
     assert {p: p.stat().st_mtime_ns for p in saved} == written

@@ -24,8 +24,11 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu:0")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--compile", action="store_true", help="d3rlpy's compile_graph (CUDA graphs)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with h5py.File(args.path, "r") as file:
         data = {key: file[key][()] for key in ("observations", "actions", "rewards", "terminals", "timeouts")}
     dataset = d3rlpy.dataset.MDPDataset(**data)

@@ -7,6 +7,8 @@ same networks (256x256 MLPs for actor, twin critics and value), batch 256, stand
 observations, and every timed update draws its own batch from the library's buffer.
 The variants take turns for ``--rounds`` rounds; the table reports the median round.
 d3rlpy runs in its own virtual environment (``.venv-d3rlpy``; it pins gymnasium 1.0).
+CORL's single-file IQL runs when ``--corl-iql`` names a local copy of its script
+(``embodied/bench/corl_iql.py`` says what is used of it).
 """
 
 from __future__ import annotations
@@ -41,13 +43,24 @@ def ours(dataset, agent, updates: int, generator, batch_size: int = 256) -> floa
     return calls_per_second(step, updates, agent.device.type)
 
 
-def d3rlpy(path: Path, python: Path, updates: int, device: str) -> float:
-    script = Path(__file__).with_name("d3rlpy_iql.py")
-    out = subprocess.run(
-        [str(python), str(script), str(path), "--updates", str(updates), "--device", device],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+def script_rate(python: Path, script: str, *args: str) -> float:
+    """Updates/s printed (a JSON line) by one of the benchmark scripts beside this file, run as
+    ``python script args...`` in a fresh process (another library's virtual environment)."""
+    out = subprocess.run([str(python), str(Path(__file__).with_name(script)), *map(str, args)],
+                         capture_output=True, text=True)  # fmt: skip
+    if out.returncode:
+        raise RuntimeError(f"{script} failed ({out.returncode}):\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["updates_per_second"]
+
+
+def d3rlpy(path: Path, python: Path, updates: int, device: str, threads: int = 0) -> float:
+    return script_rate(python, "d3rlpy_iql.py", path, "--updates", updates, "--device", device, "--threads", threads)
+
+
+def corl(corl_script: Path, path: Path, updates: int, device: str, threads: int = 0) -> float:
+    """CORL's single-file IQL (a local copy of its script; see ``corl_iql.py``) in our venv."""
+    return script_rate(Path(sys.executable), "corl_iql.py", corl_script, path, "--updates", updates,
+                       "--device", device, "--threads", threads)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--d3rlpy-python", type=Path, default=Path(".venv-d3rlpy/bin/python"))
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--corl-iql", type=Path, default=None,
+                        help="a local copy of CORL's algorithms/offline/iql.py (tinkoff-ai/CORL; not shipped)")
     parser.add_argument("--out", type=Path, default=Path("results/offline_rl_speed.md"))
     args = parser.parse_args(argv)
     command = "python -m embodied.bench.iql_speed " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -89,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         variants["embodied IQL (torch.compile)"] = compiled
     samples: dict[str, list[float]] = {name: [] for name in variants}
     samples["d3rlpy 2.8.1 IQL"] = []
+    samples["CORL iql.py"] = []
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "d4rl.hdf5"
         hdf5io.export_d4rl(name, export)
@@ -98,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.d3rlpy_python.exists():
                 device = "cuda:0" if args.device.startswith("cuda") else "cpu:0"
                 samples["d3rlpy 2.8.1 IQL"].append(d3rlpy(export, args.d3rlpy_python, args.updates, device))
+            if args.corl_iql:
+                samples["CORL iql.py"].append(corl(args.corl_iql, export, args.updates, args.device))
             print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in samples.items() if v),
                   flush=True)  # fmt: skip
     medians = {label: statistics.median(values) for label, values in samples.items() if values}

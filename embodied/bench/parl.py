@@ -50,6 +50,11 @@ def _run(trial: dict) -> dict:
     return {**{k: trial[k] for k in ("variant", "seed")}, "evals": rows, "seconds": time.perf_counter() - start}
 
 
+def slug(env_id: str) -> str:
+    """``nav/open-v0`` → ``nav-open-v0``: each env gets its own section, files and saved runs."""
+    return env_id.replace("/", "-")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="nav/open-v0")
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = "python -m embodied.bench.parl " + " ".join(argv if argv is not None else sys.argv[1:])
     trials = [{"variant": v, "seed": s, "env": args.env, "horizon": args.horizon, "iterations": args.iterations,
-               "eval_every": args.eval_every, "cache": str(args.run_dir / f"{v}-seed{s}.json")}
+               "eval_every": args.eval_every, "cache": str(args.run_dir / f"{slug(args.env)}-{v}-seed{s}.json")}
               for v in args.variants for s in args.seeds]  # fmt: skip
     results = run_trials(run_trial, trials, args.workers, lambda r: (
         f"{r['variant']} seed {r['seed']}: success {r['evals'][-1]['success_rate']:.2f} after "
@@ -84,7 +89,8 @@ def write(results: list[dict], args, command: str) -> None:
     from embodied.algos.parl import PARLConfig, samples_to_success
 
     config = PARLConfig()
-    plot = args.out.with_name(args.out.stem + "_parl.png")
+    stem = f"{args.out.stem}_parl_{slug(args.env)}"
+    plot = args.out.with_name(stem + ".png")
     lines = [
         f"Made by `{command}`",
         "",
@@ -109,8 +115,8 @@ def write(results: list[dict], args, command: str) -> None:
                      f"{mean_std([r['evals'][-1]['success_rate'] for r in runs])} | "
                      f"{mean_std([r['evals'][-1]['return'] for r in runs])} |")  # fmt: skip
     lines += ["", f"![success rate against env steps]({plot.name})"]
-    write_section(args.out, TITLE, "(c) PARL: bilevel policy alignment against preference-then-RL", lines)
-    with open(args.out.with_name(args.out.stem + "_parl.csv"), "w", newline="") as handle:
+    write_section(args.out, TITLE, f"(c) PARL on {args.env}: bilevel policy alignment against preference-then-RL", lines)
+    with open(args.out.with_name(stem + ".csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["variant", "seed", "iteration", "env_steps", "queries", "success_rate", "return"])
         for r in results:

@@ -11,7 +11,9 @@ of ``embodied.bench.repo`` (32×32 pixels of ``nav/open-v0``, 16 sequences of 32
 world model + imagined actor-critic per update, from a replay of random steps). Variants:
 eager, ``torch.compile`` and (IQL, MTM) bf16 autocast; they take turns for ``--rounds``
 rounds and the median is reported. d3rlpy's IQL runs in its own virtual environment
-(``.venv-d3rlpy``) when present. On a GPU machine pass ``--device cuda``.
+(``.venv-d3rlpy``) when present, and CORL's single-file IQL when ``--corl-iql`` names a local
+copy of its script (``embodied/bench/corl_iql.py``); both with one torch thread, as ours.
+On a GPU machine pass ``--device cuda``.
 
 Sweep speed-up: one sweep of ``--sweep-trials`` BC trials (2 grid values × seeds) on local
 Ray, run from scratch with each of ``--sweep-workers`` workers; the wall-clock time of the
@@ -35,7 +37,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from embodied.bench import calls_per_second  # noqa: E402
-from embodied.bench.iql_speed import d3rlpy, ours  # noqa: E402
+from embodied.bench.iql_speed import corl, d3rlpy, ours  # noqa: E402
 
 
 SWEEP_DATASET = "bench-reach-mixed-20"
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-world-models", action="store_true", help="skip RePo and Dreamer")
     parser.add_argument("--d3rlpy-python", type=Path, default=Path(".venv-d3rlpy/bin/python"))
+    parser.add_argument("--corl-iql", type=Path, default=None,
+                        help="a local copy of CORL's algorithms/offline/iql.py (tinkoff-ai/CORL; not shipped)")
     parser.add_argument("--sweep-workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--sweep-trials", type=int, default=4)
     parser.add_argument("--sweep-steps", type=int, default=2000, help="BC updates per sweep trial")
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         calls_per_second(update, 2, args.device)
         compile_seconds[key] = time.perf_counter() - started
     samples: dict[tuple, list[float]] = {key: [] for key in [*agents, *world_models]}
-    d3rlpy_samples: list[float] = []
+    baselines: dict[str, list[float]] = {"d3rlpy 2.8.1": [], "CORL iql.py": []}
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "d4rl.hdf5"
         hdf5io.export_d4rl(name, export)
@@ -168,16 +172,18 @@ def main(argv: list[str] | None = None) -> None:
                 samples[key].append(calls_per_second(update, max(2, args.updates // UPDATE_SHARE[key[0]]), args.device))
             if args.d3rlpy_python.exists():
                 device = "cuda:0" if args.device.startswith("cuda") else "cpu:0"
-                d3rlpy_samples.append(d3rlpy(export, args.d3rlpy_python, args.updates, device))
-            print(f"round {round_index + 1}: " + ", ".join(f"{k[0]} {k[1]} {v[-1]:.1f}" for k, v in samples.items()),
-                  flush=True)  # fmt: skip
+                baselines["d3rlpy 2.8.1"].append(d3rlpy(export, args.d3rlpy_python, args.updates, device, 1))
+            if args.corl_iql:
+                baselines["CORL iql.py"].append(corl(args.corl_iql, export, args.updates, args.device, 1))
+            print(f"round {round_index + 1}: " + ", ".join(
+                [f"{k[0]} {k[1]} {v[-1]:.1f}" for k, v in samples.items()] +
+                [f"IQL {k} {v[-1]:.1f}" for k, v in baselines.items() if v]), flush=True)  # fmt: skip
     if not (dataset_path(SWEEP_DATASET) / "data" / "metadata.json").exists():  # not timed
         collect("metaworld/reach-v3", 20, name=SWEEP_DATASET, quality="mixed", workers=2)
     sweep_seconds = {workers: time_sweep(workers, args.sweep_trials, args.sweep_steps) for workers in args.sweep_workers}
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else (
         f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread")  # fmt: skip
-    d3rlpy_median = statistics.median(d3rlpy_samples) if d3rlpy_samples else None
     lines = [
         "# Scale: updates/s and sweep speed-up",
         "",
@@ -191,13 +197,14 @@ def main(argv: list[str] | None = None) -> None:
     for key, values in samples.items():
         lines.append(f"| {key[0]} | {key[1]} | {statistics.median(values):.1f} | "
                      f"{', '.join(f'{v:.1f}' for v in values)} | {compile_seconds[key]:.1f} |")  # fmt: skip
-    if d3rlpy_median:
-        ours_iql = statistics.median(samples[("IQL", "eager")])
-        lines.append(f"| IQL | d3rlpy 2.8.1 | {d3rlpy_median:.1f} | {', '.join(f'{v:.1f}' for v in d3rlpy_samples)} "
-                     f"| — |")  # fmt: skip
-        lines += ["", f"Our eager IQL runs at ×{ours_iql / d3rlpy_median:.2f} d3rlpy's IQL (same networks, batch, data)."]
-    else:
-        lines += ["", "d3rlpy: not measured in this run (no `.venv-d3rlpy`; see `embodied.bench.iql_speed`)."]
+    ratios = []
+    for label, values in baselines.items():
+        if values:
+            lines.append(f"| IQL | {label} | {statistics.median(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} "
+                         f"| — |")  # fmt: skip
+            ratios.append(f"×{statistics.median(samples[('IQL', 'eager')]) / statistics.median(values):.2f} {label}'s")
+    lines += ["", f"Our eager IQL runs at {' and '.join(ratios)} IQL (same networks, batch, data, one thread)." if ratios
+              else "No other library's IQL was measured in this run (no `.venv-d3rlpy`, no `--corl-iql`)."]  # fmt: skip
     lines += [
         "",
         "MTM: width 64, 2 heads (CPU size), 64 segments of 4 steps per update. IPL: 2×256 MLPs, 256 transitions "
@@ -205,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         "bf16: the update under bf16 autocast (`train.precision=bf16`), weights fp32. RePo, Dreamer: 32×32 "
         "pixels, RSSM h 100 / z 16, 16 sequences of 32 steps, world model and imagined actor-critic per update "
         "(the RePo benchmark's CPU size); `torch.compile` compiles the networks, the loops over time stay eager. "
-        "CORL's single-file IQL is not measured (it is not a package; it needs D4RL and pyrallis). "
+        "CORL's IQL: the training classes of tinkoff-ai/CORL's `algorithms/offline/iql.py`, built as its `train()` "
+        "builds them (a script, not a package: we do not ship it; `--corl-iql PATH` names a local copy). "
         + ("" if args.device.startswith("cuda") else
            "No GPU was lent to this task, so there are no CUDA numbers; `--device cuda` measures them."),
     ]

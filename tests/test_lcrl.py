@@ -160,3 +160,97 @@ def test_bench_writes_its_section_and_keeps_the_others(tmp_path, monkeypatch):
     assert "## (a) VLM\n\nkept table" in text and "## (b) LC-RL" in text
     assert "Made by `python -m embodied.bench.lcrl --seeds 0" in text and "| LC-RL (IRL reward + value iteration) |" in text
     assert (tmp_path / "language_lcrl.png").exists() and (tmp_path / "language_lcrl.csv").exists()
+
+
+# --- the Meta-World family ---------------------------------------------------------------------
+MW_ENVS = ("metaworld/push-v3", "metaworld/drawer-open-v3", "metaworld/coffee-push-v3")
+
+
+@pytest.fixture(scope="module")
+def mw_tasks():
+    return lcrl.make_tasks(MW_ENVS, 12, "train", seed=0)
+
+
+def test_metaworld_tasks_discretise_the_scene(mw_tasks):
+    import embodied
+
+    texts = lcrl.instruction_templates("metaworld")
+    kinds = lcrl.mw_kinds(texts)
+    assert {t.env_id for t in mw_tasks} == set(MW_ENVS)
+    for task in mw_tasks[:6]:
+        scene = texts["scenes"][task.env_id.split("/")[1]]
+        env = embodied.make(task.env_id)
+        obs, _ = env.reset(seed=task.seed)
+        env.close()
+        where = {scene["object"]: obs[4:7], **({scene["goal"]: obs[36:39]} if "goal" in scene else {})}
+        for kind, position in where.items():  # each thing's cell carries its kind, and nothing else does
+            assert task.features[lcrl.mw_cell(position), kinds.index(kind)] == 1
+        assert task.features.sum() == len(where) and task.shape == lcrl.MW_SHAPE
+        assert task.goal[1] in where and task.goal_cells.tolist() == [lcrl.mw_cell(where[task.goal[1]])]
+        assert task.instruction in [t.format(thing=task.goal[1]) for t in texts["train"]]
+        assert task.start == lcrl.mw_cell(obs[:3]) and task.demo[0] == task.start
+        moves = lcrl.demo_actions(task)
+        assert all(task.next_cell[a, m] == b for a, m, b in zip(task.demo[:-1], moves, task.demo[1:]))
+        assert task.demo[-1] in task.goal_cells
+    # cells and centres agree; moves off the grid stay
+    assert all(lcrl.mw_cell(lcrl.mw_centre(c)) == c for c in range(0, int(np.prod(lcrl.MW_SHAPE)), 37))
+    table = lcrl.mw_next_cell()
+    assert (table[:, 0] == np.arange(len(table))).all() and table[0, 2] == 0 and table[0, 1] != 0
+
+
+def test_metaworld_splits_keep_the_held_out_scenes_apart():
+    with pytest.raises(ValueError, match="held-out scenes"):
+        lcrl.make_tasks(["metaworld/pick-place-v3"], 1, "train", seed=0)
+    with pytest.raises(ValueError, match="held-out scenes"):
+        lcrl.make_tasks(["metaworld/push-v3"], 1, "new-layouts", seed=0)
+    with pytest.raises(ValueError, match="one task family at a time"):
+        lcrl.make_tasks(["metaworld/push-v3", "nav/open-v0"], 1, "train", seed=0)
+    with pytest.raises(ValueError, match="no scene description for hammer-v3"):
+        lcrl.make_tasks(["metaworld/hammer-v3"], 1, "train", seed=0)
+    texts = lcrl.instruction_templates("metaworld")
+    paraphrased = lcrl.make_tasks(["metaworld/push-v3"], 3, "new-instructions", seed=4)
+    assert all(t.instruction in [p.format(thing=t.goal[1]) for p in texts["test"]] for t in paraphrased)
+
+
+def test_the_hand_follows_cell_moves_to_the_named_thing():
+    """The shortest path, followed by the P controller, gets the hand into the thing's cell."""
+    tasks = lcrl.make_tasks(["metaworld/push-v3"], 3, "train", seed=5) + lcrl.make_tasks(
+        ["metaworld/pick-place-v3"], 3, "new-layouts", seed=5)  # fmt: skip
+    for task in tasks:
+        rewards = np.zeros(len(task.next_cell))
+        rewards[task.goal_cells] = 1.0
+        policy = lcrl.plan(rewards, task.next_cell, gamma=0.95, iterations=60)
+        assert lcrl.run_episode(task, lambda cell: int(policy[cell])), task.instruction
+    stay = lcrl.run_episode(tasks[0], lambda cell: 0, max_steps=20)  # never moving never gets there
+    assert not stay
+
+
+def test_irl_and_a_3d_cloned_policy_on_the_metaworld_family(mw_tasks, tmp_path):
+    embeddings = FakeEncoder().encode([t.instruction for t in mw_tasks])
+    config = lcrl.LCRLConfig(steps=20, batch_tasks=4, hidden_dim=16)
+    reward, losses = lcrl.fit_reward(mw_tasks, embeddings, config)
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    policy, _ = lcrl.fit_policy(mw_tasks, embeddings, config)
+    logits = policy(torch.as_tensor(np.stack([t.features for t in mw_tasks[:2]])), torch.as_tensor(embeddings[:2]),
+                    torch.as_tensor([t.start for t in mw_tasks[:2]]))  # fmt: skip
+    assert logits.shape == (2, len(lcrl.MW_MOVES))
+    loaded, _ = lcrl.load_reward(lcrl.save_reward(tmp_path / "mw.pt", reward, config))
+    features = torch.as_tensor(mw_tasks[0].features)[None]
+    torch.testing.assert_close(loaded(features, torch.as_tensor(embeddings[:1])), reward(features, torch.as_tensor(embeddings[:1])))
+
+
+def test_bench_metaworld_family_writes_its_own_section(tmp_path, monkeypatch):
+    from embodied.bench import lcrl as bench
+
+    monkeypatch.setattr("embodied.nets.text.SentenceEncoder", FakeEncoder)
+    assert bench.family_envs("metaworld")[1] == ("metaworld/pick-place-v3", "metaworld/reach-v3")
+    assert len(bench.family_envs("metaworld")[0]) == 12
+    monkeypatch.setattr(bench, "family_envs", lambda family: (("metaworld/push-v3",), ("metaworld/pick-place-v3",)))
+    out = tmp_path / "language.md"
+    out.write_text("# title\n\n## (b) LC-RL: language-conditioned reward by IRL, on new instructions and layouts\n\nnav\n")
+    bench.main(["--family", "metaworld", "--seeds", "0", "--train-tasks", "12", "--test-tasks", "1", "--steps", "3",
+                "--out", str(out)])  # fmt: skip
+    text = out.read_text()
+    assert "on new instructions and layouts\n\nnav" in text and "## (b) LC-RL on Meta-World" in text
+    assert "| shortest path (the controller's ceiling) |" in text and "metaworld/pick-place-v3" in text
+    assert (tmp_path / "language_lcrl_metaworld.png").exists() and (tmp_path / "language_lcrl_metaworld.csv").exists()

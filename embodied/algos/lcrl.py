@@ -21,10 +21,18 @@ recursion gives the paper's gradient E_demo[∇r] − E_soft-optimal[∇r].
 Test time: value iteration on the learned reward in the new layout (the RL step, exact
 with known dynamics), whose greedy moves a controller follows in the continuous env;
 success is the env's own ``info["success"]``.
+
+The Meta-World family (``metaworld/*`` env ids): "move the gripper to the {thing}" in the
+scenes of Meta-World v3 tasks, each naming its object and, where it is a thing, its goal
+(``envs/instructions/metaworld.yaml``). The hand's workspace is a 3-D grid of 5 × 5 × 10 cm
+cells (``MW_SHAPE``) with seven moves (stay, ±x, ±y, ±z); a cell's features say which kinds
+of thing lie in it. The hand follows cell moves by Meta-World's scripted-policy P
+controller, and success is the hand entering the named thing's cell.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,6 +53,14 @@ SHAPE_NAMES = ("ball", "box", "key")
 #: per-cell features: object colour (4), object shape (3), room colour (4), doorway, wall
 FEATURES = len(COLOR_NAMES) + len(SHAPE_NAMES) + len(COLOR_NAMES) + 2
 GRID = 13  # every layout fits a 13 x 13 grid (smaller ones are padded with wall)
+
+#: Meta-World: the hand's workspace (x, y, z in metres) as a grid of MW_SHAPE cells.
+MW_LOW = np.array([-0.4, 0.4, 0.0])
+MW_CELL = np.array([0.05, 0.05, 0.1])
+MW_SHAPE = (16, 12, 4)
+#: (dx, dy, dz) of the seven hand moves: stay, then ±x, ±y, ±z.
+MW_MOVES = ((0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
+MW_GAIN = 25.0  # P gain from a position error (m) to an action (Meta-World's scripted policies)
 
 
 @dataclass
@@ -77,15 +93,17 @@ class GridTask:
     start: int
     goal_cells: np.ndarray  # cells where the instruction is satisfied
     demo: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cells s_0..s_T of a shortest path
+    shape: tuple = (GRID, GRID)  # the grid the cells index (row-major)
 
 
 # --- tasks -------------------------------------------------------------------------------------
-def instruction_templates() -> dict[str, Any]:
+def instruction_templates(family: str = "nav") -> dict[str, Any]:
+    """The instruction texts of ``envs/instructions/{family}.yaml`` (nav or metaworld)."""
     import yaml
 
     from embodied.rewards.text2reward.describe import envs_root
 
-    path = envs_root() / "instructions" / "nav.yaml"
+    path = envs_root() / "instructions" / f"{family}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"instruction texts are missing: {path}")
     return yaml.safe_load(path.read_text())
@@ -157,56 +175,131 @@ def make_tasks(env_ids: Sequence[str], count: int, split: str, seed: int, horizo
     ``train`` (training templates, goals not held out), ``new-instructions`` (held-out
     templates and, for objects, held-out goals), ``new-layouts`` (training templates and
     goals, meant for a layout left out of training)."""
-    import embodied
-
     if split not in ("train", "new-instructions", "new-layouts"):
         raise ValueError(f"split must be train, new-instructions or new-layouts, got {split!r}")
+    metaworld = [env_id.startswith("metaworld/") for env_id in env_ids]
+    if any(metaworld) and not all(metaworld):
+        raise ValueError(f"one task family at a time (nav or metaworld), got {', '.join(env_ids)}")
+    if any(metaworld):
+        return make_metaworld_tasks(env_ids, count, split, seed, horizon)
     texts = instruction_templates()
     held_out = {tuple(pair) for pair in texts["held_out_objects"]}
+
+    def describe(env_id: str, env, episode_seed: int, rng: np.random.Generator) -> GridTask | None:
+        env.reset(seed=episode_seed)
+        base = env.unwrapped
+        if base.goal_kind == "room":
+            goal: tuple[str, ...] = ("room", base.goal_name)
+            if split == "new-instructions" and rng.random() < 0.5:  # mostly new goals: objects
+                return None
+        else:
+            goal = ("object", *base.goal_name.split(" "))
+            if (goal[1:] in held_out) != (split == "new-instructions"):
+                return None
+        templates = texts[goal[0]]["test" if split == "new-instructions" else "train"]
+        template = templates[int(rng.integers(len(templates)))]
+        instruction = template.format(color=goal[1], shape=goal[2] if len(goal) > 2 else "")
+        return GridTask(env_id, episode_seed, instruction, goal, *discretise(base, goal))
+
+    return _draw_tasks(env_ids, count, split, seed, horizon, describe)
+
+
+def _draw_tasks(env_ids: Sequence[str], count: int, split: str, seed: int, horizon: int, describe) -> list[GridTask]:
+    """Tasks from fresh episodes of the envs in turn: ``describe(env_id, env, episode_seed, rng)``
+    resets the env and returns its task, or None to skip the episode; a task whose shortest
+    path is longer than the horizon is skipped too, and the rest get it as their demo."""
+    import embodied
+
     envs = [embodied.make(env_id) for env_id in env_ids]
     rng = np.random.default_rng(seed)
     tasks: list[GridTask] = []
-    episode = 0
     try:
-        while len(tasks) < count:
-            env_id, env = env_ids[episode % len(envs)], envs[episode % len(envs)]
-            episode_seed = seed * 1_000_003 + episode
-            episode += 1
-            if episode > 200 * count:
+        for episode in itertools.count():
+            if len(tasks) == count:
+                return tasks
+            if episode >= 200 * count:
                 raise RuntimeError(f"could not draw {count} {split} tasks from {', '.join(env_ids)}")
-            env.reset(seed=episode_seed)
-            base = env.unwrapped
-            if base.goal_kind == "room":
-                goal: tuple[str, ...] = ("room", base.goal_name)
-                if split == "new-instructions" and rng.random() < 0.5:  # mostly new goals: objects
-                    continue
-            else:
-                goal = ("object", *base.goal_name.split(" "))
-                if (goal[1:] in held_out) != (split == "new-instructions"):
-                    continue
-            templates = texts[goal[0]]["test" if split == "new-instructions" else "train"]
-            template = templates[int(rng.integers(len(templates)))]
-            instruction = template.format(color=goal[1], shape=goal[2] if len(goal) > 2 else "")
-            features, next_cell, start, goal_cells = discretise(base, goal)
-            task = GridTask(env_id, episode_seed, instruction, goal, features, next_cell, start, goal_cells)
-            demo = shortest_path(task, horizon)
-            if demo is None:
-                continue
-            task.demo = demo
-            tasks.append(task)
+            task = describe(env_ids[episode % len(envs)], envs[episode % len(envs)], seed * 1_000_003 + episode, rng)
+            demo = None if task is None else shortest_path(task, horizon)
+            if demo is not None:
+                task.demo = demo
+                tasks.append(task)
     finally:
         for env in envs:
             env.close()
-    return tasks
+
+
+def mw_cell(position) -> int:
+    """The Meta-World grid cell holding a point (x, y, z) of the workspace (clamped to the grid)."""
+    index = np.floor((np.asarray(position[:3], np.float64) - MW_LOW) / MW_CELL).astype(int)
+    return int(np.ravel_multi_index(tuple(np.clip(index, 0, np.array(MW_SHAPE) - 1)), MW_SHAPE))
+
+
+def mw_centre(cell: int) -> np.ndarray:
+    return MW_LOW + (np.array(np.unravel_index(cell, MW_SHAPE)) + 0.5) * MW_CELL
+
+
+def mw_next_cell() -> np.ndarray:
+    """(cells, 7): the cell each hand move leads to (a move off the grid stays)."""
+    cells = np.arange(int(np.prod(MW_SHAPE)))
+    index = np.stack(np.unravel_index(cells, MW_SHAPE), 1)
+    table = np.empty((len(cells), len(MW_MOVES)), np.int64)
+    for a, move in enumerate(MW_MOVES):
+        target = index + np.array(move)
+        inside = ((target >= 0) & (target < np.array(MW_SHAPE))).all(1)
+        table[:, a] = np.where(inside, np.ravel_multi_index(tuple(np.clip(target, 0, np.array(MW_SHAPE) - 1).T),
+                                                            MW_SHAPE), cells)  # fmt: skip
+    return table
+
+
+def mw_kinds(texts: dict) -> list[str]:
+    """Every kind of thing the scenes name, in a fixed order: one feature each."""
+    return sorted({kind for scene in texts["scenes"].values() for kind in scene.values()})
+
+
+def make_metaworld_tasks(env_ids: Sequence[str], count: int, split: str, seed: int, horizon: int = 40) -> list[GridTask]:
+    """``make_tasks`` for the Meta-World family: per task a fresh reset of a scene, one of its
+    things as the goal, an instruction from the split's templates (``new-instructions``: the
+    held-out paraphrases), a shortest 3-D grid path from the hand's cell as the demo. The
+    held-out scenes may only be drawn for ``new-layouts``, and ``new-layouts`` only from them."""
+    texts = instruction_templates("metaworld")
+    scenes, held_out, kinds = texts["scenes"], set(texts["held_out_scenes"]), mw_kinds(texts)
+    names = [env_id.split("/", 1)[1] for env_id in env_ids]
+    unknown = [name for name in names if name not in scenes]
+    if unknown:
+        raise ValueError(f"no scene description for {', '.join(unknown)} in envs/instructions/metaworld.yaml")
+    misplaced = [name for name in names if (name in held_out) != (split == "new-layouts")]
+    if misplaced:
+        raise ValueError(f"{split} tasks cannot come from {', '.join(misplaced)}: the held-out scenes "
+                         f"({', '.join(sorted(held_out))}) are for new-layouts only, and only they are")  # fmt: skip
+    next_cell = mw_next_cell()
+
+    def describe(env_id: str, env, episode_seed: int, rng: np.random.Generator) -> GridTask | None:
+        obs, _ = env.reset(seed=episode_seed)
+        scene = scenes[env_id.split("/", 1)[1]]
+        where = {scene["object"]: obs[4:7], **({scene["goal"]: obs[36:39]} if "goal" in scene else {})}
+        features = np.zeros((len(next_cell), len(kinds)), np.float32)
+        for kind, position in where.items():
+            features[mw_cell(position), kinds.index(kind)] = 1
+        thing = sorted(where)[int(rng.integers(len(where)))]
+        templates = texts["test" if split == "new-instructions" else "train"]
+        instruction = templates[int(rng.integers(len(templates)))].format(thing=thing)
+        start, goal_cells = mw_cell(obs[:3]), np.array([mw_cell(where[thing])])
+        if start in goal_cells:
+            return None
+        return GridTask(env_id, episode_seed, instruction, ("thing", thing), features, next_cell, start, goal_cells,
+                        shape=MW_SHAPE)  # fmt: skip
+
+    return _draw_tasks(env_ids, count, split, seed, horizon, describe)
 
 
 # --- the reward and MaxEnt IRL -----------------------------------------------------------------
 class LanguageReward(nn.Module):
     """r_θ(cell, instruction) = MLP(relu(W_f φ(cell)) ⊙ W_ℓ e(instruction))."""
 
-    def __init__(self, hidden_dim: int = 128):
+    def __init__(self, hidden_dim: int = 128, features: int = FEATURES):
         super().__init__()
-        self.features = nn.Linear(FEATURES, hidden_dim)
+        self.features = nn.Linear(features, hidden_dim)
         self.language = nn.Linear(EMBEDDING_DIM, hidden_dim)
         self.head = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1))
 
@@ -267,7 +360,7 @@ def fit_reward(tasks: Sequence[GridTask], embeddings: np.ndarray, config: LCRLCo
     """MaxEnt IRL over the tasks (embeddings[i] embeds tasks[i].instruction)."""
     torch.manual_seed(config.seed)
     data = stack(tasks, embeddings, device)
-    reward = LanguageReward(config.hidden_dim).to(device)
+    reward = LanguageReward(config.hidden_dim, tasks[0].features.shape[1]).to(device)
 
     def loss_of(index: torch.Tensor, _generator) -> torch.Tensor:
         index = index.to(device)
@@ -288,28 +381,29 @@ def plan(rewards: np.ndarray, next_cell: np.ndarray, gamma: float, iterations: i
 # --- the cloned baseline -------------------------------------------------------------------------
 class LanguagePolicy(nn.Module):
     """π(a | grid, agent cell, instruction): per-cell features fused with the instruction as
-    the reward fuses them, an egocentric (2·GRID − 1)² crop centred on the agent, two
-    convolutions and an MLP to the five moves."""
+    the reward fuses them, an egocentric crop of 2·n − 1 cells per axis centred on the agent,
+    two convolutions (2-D for nav, 3-D for Meta-World) and an MLP to the moves."""
 
-    CROP = 2 * GRID - 1
-
-    def __init__(self, hidden_dim: int = 128, channels: int = 16):
+    def __init__(self, hidden_dim: int = 128, channels: int = 16, features: int = FEATURES,
+                 shape: tuple = (GRID, GRID), actions: int = len(MOVES)):  # fmt: skip
         super().__init__()
-        self.features = nn.Linear(FEATURES, channels)
+        self.shape, self.crop = tuple(shape), tuple(2 * n - 1 for n in shape)
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}[len(self.shape)]
+        self.features = nn.Linear(features, channels)
         self.language = nn.Linear(EMBEDDING_DIM, channels)
-        self.convs = nn.Sequential(nn.Conv2d(channels, channels, 3, 2, 1), nn.ReLU(),
-                                   nn.Conv2d(channels, channels, 3, 2, 1), nn.ReLU())  # fmt: skip
-        side = math.ceil(math.ceil(self.CROP / 2) / 2)
-        self.head = nn.Sequential(nn.Linear(channels * side * side, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, len(MOVES)))
+        self.convs = nn.Sequential(conv(channels, channels, 3, 2, 1), nn.ReLU(), conv(channels, channels, 3, 2, 1), nn.ReLU())
+        cells = math.prod(math.ceil(math.ceil(n / 2) / 2) for n in self.crop)
+        self.head = nn.Sequential(nn.Linear(channels * cells, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, actions))
 
     def forward(self, features: torch.Tensor, embedding: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """features (B, N, F), embedding (B, E), agent cells (B,) → action logits (B, 5)."""
+        """features (B, N, F), embedding (B, E), agent cells (B,) → action logits (B, moves)."""
         fused = F.relu(self.features(features)) * self.language(embedding)[:, None, :]  # (B, N, C)
         batch, _, channels = fused.shape
-        grid = fused.transpose(1, 2).reshape(batch, channels, GRID, GRID)
-        padded = F.pad(grid, (GRID - 1, GRID - 1, GRID - 1, GRID - 1))  # outside the map: zeros
-        rows, cols = cells // GRID, cells % GRID
-        crops = torch.stack([padded[b, :, r: r + self.CROP, c: c + self.CROP] for b, (r, c) in enumerate(zip(rows, cols))])
+        grid = fused.transpose(1, 2).reshape(batch, channels, *self.shape)
+        padded = F.pad(grid, [n - 1 for n in reversed(self.shape) for _ in range(2)])  # outside the map: zeros
+        corners = zip(*np.unravel_index(cells.cpu().numpy(), self.shape))
+        crops = torch.stack([padded[(b, slice(None), *(slice(i, i + c) for i, c in zip(corner, self.crop)))]
+                             for b, corner in enumerate(corners)])  # fmt: skip
         return self.head(self.convs(crops).flatten(1))
 
 
@@ -330,7 +424,8 @@ def fit_policy(tasks: Sequence[GridTask], embeddings: np.ndarray, config: LCRLCo
     data = stack(tasks, embeddings, device)
     actions = torch.as_tensor(np.stack([demo_actions(t) for t in tasks]), device=device)  # (tasks, T)
     moves = torch.as_tensor([int((demo_actions(t) != 0).sum()) for t in tasks], device=device)
-    policy = LanguagePolicy(config.hidden_dim).to(device)
+    policy = LanguagePolicy(config.hidden_dim, features=tasks[0].features.shape[1], shape=tasks[0].shape,
+                            actions=tasks[0].next_cell.shape[1]).to(device)  # fmt: skip
 
     def loss_of(index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         index = index.to(device)
@@ -347,6 +442,8 @@ def run_episode(task: GridTask, choose, max_steps: int | None = None) -> bool:
     and the agent heads for that cell's centre. True if ``info['success']``."""
     import embodied
 
+    if task.env_id.startswith("metaworld/"):
+        return _run_metaworld_episode(task, choose, max_steps)
     env = embodied.make(task.env_id)
     try:
         env.reset(seed=task.seed)
@@ -364,6 +461,30 @@ def run_episode(task: GridTask, choose, max_steps: int | None = None) -> bool:
             if terminated or truncated:
                 return False
         return False
+    finally:
+        env.close()
+
+
+def _run_metaworld_episode(task: GridTask, choose, max_steps: int | None = None) -> bool:
+    """``run_episode`` in a Meta-World scene: the hand heads for the chosen cell's centre
+    (gripper open); True once the hand is in a goal cell."""
+    import embodied
+
+    env = embodied.make(task.env_id)
+    try:
+        obs, _ = env.reset(seed=task.seed)
+        action = np.zeros(env.action_space.shape, np.float32)
+        action[3] = -1.0
+        for _ in range(max_steps or env.spec.max_episode_steps or 500):
+            cell = mw_cell(obs[:3])
+            if cell in task.goal_cells:
+                return True
+            target = mw_centre(int(task.next_cell[cell, choose(cell)]))
+            action[:3] = np.clip((target - obs[:3]) * MW_GAIN, -1.0, 1.0)
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+        return mw_cell(obs[:3]) in task.goal_cells
     finally:
         env.close()
 
@@ -403,7 +524,7 @@ def save_reward(path: str | Path, reward: LanguageReward, config: LCRLConfig) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({"format": "embodied-lcrl-reward-v1", "config": dataclasses.asdict(config),
-                "weights": reward.state_dict()}, tmp)  # fmt: skip
+                "features": reward.features.in_features, "weights": reward.state_dict()}, tmp)  # fmt: skip
     os.replace(tmp, path)
     return path
 
@@ -413,6 +534,6 @@ def load_reward(path: str | Path) -> tuple[LanguageReward, LCRLConfig]:
     if not isinstance(payload, dict) or payload.get("format") != "embodied-lcrl-reward-v1":
         raise ValueError(f"{path} is not an LC-RL reward (format embodied-lcrl-reward-v1)")
     config = LCRLConfig(**payload["config"])
-    reward = LanguageReward(config.hidden_dim)
+    reward = LanguageReward(config.hidden_dim, payload.get("features", FEATURES))
     reward.load_state_dict(payload["weights"])
     return reward, config

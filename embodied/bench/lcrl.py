@@ -1,17 +1,23 @@
 """LC-RL against a language-conditioned policy cloned from the same demonstrations, on
-held-out instructions and a held-out layout: section (b) of results/language_vlm_bilevel.md.
+held-out instructions and held-out layouts: section (b) of results/language_vlm_bilevel.md.
 
     python -m embodied.bench.lcrl --seeds 0 1 2
+    python -m embodied.bench.lcrl --family metaworld --seeds 0 1 2
 
-Per seed: ``--train-tasks`` (instruction, layout) pairs from nav/rooms-v0 and nav/open-v0
-with their shortest-path demonstrations (training instruction templates; some object goals
-never appear), LC-RL's reward by MaxEnt IRL and a cloned policy (the same steps, and 4x as
-many), then the success rate in the continuous env on fresh episodes of three kinds:
+Per seed: ``--train-tasks`` (instruction, layout) pairs with their shortest-path
+demonstrations (training instruction templates), LC-RL's reward by MaxEnt IRL and a cloned
+policy (the same steps, and 4x as many), then the success rate in the continuous env on
+fresh episodes of three kinds, beside the shortest path itself followed by the same
+controller (the ceiling the controller sets):
 
-- ``seen``: training templates and goals, new object placements and starts;
-- ``new instructions``: paraphrases never seen and object goals never the target in
-  training (``held_out_objects`` of ``envs/instructions/nav.yaml``), rooms-v0 and open-v0;
-- ``new layout``: nav/corridor-v0, a map never seen in training.
+- nav (nav/rooms-v0 and nav/open-v0): ``seen`` (training templates and goals, new object
+  placements and starts); ``new instructions`` (paraphrases never seen, and object goals
+  never the target in training: ``held_out_objects`` of ``envs/instructions/nav.yaml``);
+  ``new layout`` (nav/corridor-v0, a map never seen in training).
+- metaworld ("move the gripper to the {thing}" in the scenes of
+  ``envs/instructions/metaworld.yaml``): ``seen`` (training scenes and templates, new
+  positions); ``new instructions`` (paraphrases never seen); ``new layout`` (the held-out
+  scenes, pick-place-v3 and reach-v3, whose target hangs in mid-air).
 """
 
 from __future__ import annotations
@@ -27,10 +33,36 @@ import numpy as np
 from embodied.bench import mean_std, write_section
 from embodied.bench.vlm_feedback import TITLE
 
-TRAIN_ENVS = ("nav/rooms-v0", "nav/open-v0")
-SPLITS = {"seen": (TRAIN_ENVS, "train"), "new instructions": (TRAIN_ENVS, "new-instructions"),
-          "new layout": (("nav/corridor-v0",), "new-layouts")}  # fmt: skip
-METHODS = ("LC-RL (IRL reward + value iteration)", "cloned policy", "cloned policy, 4x steps")
+SPLITS = {"seen": "train", "new instructions": "new-instructions", "new layout": "new-layouts"}
+METHODS = ("LC-RL (IRL reward + value iteration)", "cloned policy", "cloned policy, 4x steps",
+           "shortest path (the controller's ceiling)")  # fmt: skip
+HEADINGS = {"nav": "(b) LC-RL: language-conditioned reward by IRL, on new instructions and layouts",
+            "metaworld": "(b) LC-RL on Meta-World: reaching named things by new instructions and in new scenes"}  # fmt: skip
+
+
+def family_envs(family: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The training envs and the new-layout envs of a task family."""
+    if family == "nav":
+        return ("nav/rooms-v0", "nav/open-v0"), ("nav/corridor-v0",)
+    from embodied.algos.lcrl import instruction_templates
+
+    texts = instruction_templates("metaworld")
+    held_out = texts["held_out_scenes"]
+    return (tuple(f"metaworld/{name}" for name in texts["scenes"] if name not in held_out),
+            tuple(f"metaworld/{name}" for name in held_out))  # fmt: skip
+
+
+def shortest_path_rate(tasks) -> float:
+    """Success of the controller following value iteration on the true goal cells."""
+    from embodied.algos import lcrl
+
+    wins = []
+    for task in tasks:
+        rewards = np.zeros(len(task.next_cell))
+        rewards[task.goal_cells] = 1.0
+        policy = lcrl.plan(rewards, task.next_cell, gamma=0.95, iterations=100)
+        wins.append(lcrl.run_episode(task, lambda cell: int(policy[cell])))
+    return float(np.mean(wins))
 
 
 def run_seed(seed: int, args, encoder) -> dict:
@@ -42,7 +74,8 @@ def run_seed(seed: int, args, encoder) -> dict:
 
     torch.set_num_threads(1)
     config = lcrl.LCRLConfig(steps=args.steps, seed=seed)
-    train = lcrl.make_tasks(TRAIN_ENVS, args.train_tasks, "train", seed, config.horizon)
+    train_envs, new_layout_envs = family_envs(args.family)
+    train = lcrl.make_tasks(train_envs, args.train_tasks, "train", seed, config.horizon)
     embed = lambda tasks: encoder.encode([t.instruction for t in tasks])  # noqa: E731
     start = time.perf_counter()
     reward, losses = lcrl.fit_reward(train, embed(train), config)
@@ -50,17 +83,20 @@ def run_seed(seed: int, args, encoder) -> dict:
     policy, _ = lcrl.fit_policy(train, embed(train), config)
     longer, _ = lcrl.fit_policy(train, embed(train), dataclasses.replace(config, steps=4 * args.steps))
     out = {"seed": seed, "irl_seconds": irl_seconds, "final_nll": float(np.mean(losses[-50:]))}
-    for split, (envs, kind) in SPLITS.items():
+    for split, kind in SPLITS.items():
+        envs = new_layout_envs if kind == "new-layouts" else train_envs
         tasks = lcrl.make_tasks(envs, args.test_tasks, kind, 10_000 + 100 * seed + len(out), config.horizon)
         embeddings = embed(tasks)
         out[(METHODS[0], split)] = lcrl.success_rate_lcrl(reward, tasks, embeddings, config)
         out[(METHODS[1], split)] = lcrl.success_rate_policy(policy, tasks, embeddings)
         out[(METHODS[2], split)] = lcrl.success_rate_policy(longer, tasks, embeddings)
+        out[(METHODS[3], split)] = shortest_path_rate(tasks)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=list(HEADINGS), default="nav")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--train-tasks", type=int, default=300)
     parser.add_argument("--test-tasks", type=int, default=60, help="episodes per split and seed")
@@ -89,19 +125,26 @@ def write(results: list[dict], args, command: str) -> None:
     from embodied.algos.lcrl import LCRLConfig
 
     config = LCRLConfig()
-    plot = args.out.with_name(args.out.stem + "_lcrl.png")
+    stem = args.out.stem + ("_lcrl" if args.family == "nav" else f"_lcrl_{args.family}")
+    plot = args.out.with_name(stem + ".png")
+    train_envs, new_layout_envs = family_envs(args.family)
+    splits = ("seen (training templates and goals, new placements), new instructions (unseen paraphrases and object "
+              "goals never targeted in training), new layout (nav/corridor-v0, never seen)") if args.family == "nav" else (
+        "seen (training scenes and templates, new positions), new instructions (unseen paraphrases), new layout "
+        f"({' and '.join(new_layout_envs)}, scenes never seen, targets in mid-air). The hand's workspace is a "
+        "16 × 12 × 4 grid of 5 × 5 × 10 cm cells with 7 moves; a cell's features say which kinds of thing lie in it; "
+        "success is the hand entering the named thing's cell")  # fmt: skip
     lines = [
         f"Made by `{command.strip()}`",
         "",
         f"{time.strftime('%Y-%m-%d')}, CPU, one torch thread, seeds {', '.join(str(r['seed']) for r in results)} "
         f"(mean ± std over seeds; {args.test_tasks} episodes per split and seed). Training: {args.train_tasks} "
-        f"(instruction, layout) pairs from {' and '.join(TRAIN_ENVS)} with shortest-path demonstrations, "
+        f"(instruction, layout) pairs from {', '.join(train_envs)} with shortest-path demonstrations, "
         f"instructions embedded by all-MiniLM-L6-v2. LC-RL: MaxEnt IRL (exact soft value iteration, horizon "
         f"{config.horizon}) for {args.steps} steps, then value iteration on the learned reward in each test layout. "
         "Cloned policy: the same demonstrations, features and instruction fusion, an egocentric crop and a small CNN, "
-        f"{args.steps} (and {4 * args.steps}) steps. Both act through the same controller in the continuous env; "
-        "success is the env's own. Splits: seen (training templates and goals, new placements), new instructions "
-        "(unseen paraphrases and object goals never targeted in training), new layout (nav/corridor-v0, never seen).",
+        f"{args.steps} (and {4 * args.steps}) steps. All act through the same controller in the continuous env"
+        + ("; success is the env's own" if args.family == "nav" else "") + f". Splits: {splits}.",
         "",
         "| method | " + " | ".join(SPLITS) + " |",
         "|---|" + "---:|" * len(SPLITS),
@@ -111,8 +154,8 @@ def write(results: list[dict], args, command: str) -> None:
     lines += ["", f"MaxEnt IRL took {np.mean([r['irl_seconds'] for r in results]):.0f} s per seed "
               f"(final demo NLL per step {mean_std([r['final_nll'] for r in results])}).", "",
               f"![LC-RL against cloned policies]({plot.name})"]  # fmt: skip
-    write_section(args.out, TITLE, "(b) LC-RL: language-conditioned reward by IRL, on new instructions and layouts", lines)
-    with open(args.out.with_name(args.out.stem + "_lcrl.csv"), "w", newline="") as handle:
+    write_section(args.out, TITLE, HEADINGS[args.family], lines)
+    with open(args.out.with_name(stem + ".csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "split", "seed", "success_rate"])
         for r in results:

@@ -132,6 +132,18 @@ def test_train_and_two_stage_count_env_steps_and_queries():
     assert all(0.0 <= r["success_rate"] <= 1.0 and np.isfinite(r["return"]) for r in rows)
     baseline_rows = parl.two_stage("nav/open-v0", config, iterations=4, eval_every=2, eval_episodes=2)
     assert baseline_rows[-1]["env_steps"] == 2 * 4 * 4 * 6 and baseline_rows[-1]["queries"] == 4 * 2
+    seen = []
+    original = parl.inner_objective
+
+    def spying(policy, reward, batch, config, baseline=None):
+        seen.append(torch.equal(reward(batch.obs, batch.actions), torch.as_tensor(batch.true_reward, dtype=torch.float32)))
+        return original(policy, reward, batch, config, baseline)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parl, "inner_objective", spying)
+        reference = parl.true_reward("nav/open-v0", config, iterations=4, eval_every=2, eval_episodes=2)
+    assert seen == [True] * 4  # every policy step on the rollout's own env rewards
+    assert reference[-1]["env_steps"] == 4 * 4 * 6 and reference[-1]["queries"] == 0
     assert parl.samples_to_success([{"env_steps": 10, "success_rate": 0.2}, {"env_steps": 20, "success_rate": 0.9}],
                                    0.8) == 20  # fmt: skip
     assert parl.samples_to_success(rows[:0], 0.8) == float("inf")

@@ -406,6 +406,23 @@ def two_stage(env_id: str, config: PARLConfig, iterations: int, reward_steps: in
     return run.rows
 
 
+def true_reward(env_id: str, config: PARLConfig, iterations: int, eval_every: int = 5, eval_episodes: int = 16,
+                on_log: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
+    """A reference, not a preference method: the same policy learner on the env's own reward
+    (no reward model, no queries) for as many policy steps as PARL takes. What the lower
+    level reaches at this budget when the reward is right."""
+    with _Run(env_id, config, eval_every, eval_episodes, None, on_log) as run:
+        learner = run.learner
+        steps = iterations * config.inner_steps
+        for i in range(1, steps + 1):
+            batch = learner.collect(run.envs)
+            rewards = torch.as_tensor(batch.true_reward, dtype=torch.float32)
+            learner.reward = lambda obs, actions, rewards=rewards: rewards  # this rollout's own rewards
+            objective, _ = learner.policy_step(batch)
+            run.log(i, steps, {"inner_objective": objective, "train_success": float(batch.success.mean())})
+    return run.rows
+
+
 def samples_to_success(rows: list[dict], threshold: float) -> float:
     """Env steps at the first evaluation with success rate ≥ threshold (inf if never)."""
     return next((row["env_steps"] for row in rows if row["success_rate"] >= threshold), math.inf)

@@ -24,7 +24,8 @@ from embodied.bench import cached, mean_std, plot_mean_std, run_trials, write_se
 from embodied.bench.vlm_feedback import TITLE
 
 VARIANTS = {"a-parl": "A-PARL (bilevel hypergradient)", "direct": "online, direct term only",
-            "two-stage": "two-stage: preferences, then RL"}  # fmt: skip
+            "two-stage": "two-stage: preferences, then RL",
+            "true-reward": "reference: the same RL on the true reward (no preferences)"}  # fmt: skip
 
 
 def run_trial(trial: dict) -> dict:
@@ -39,10 +40,12 @@ def _run(trial: dict) -> dict:
 
     torch.set_num_threads(1)
     config = parl.PARLConfig(seed=trial["seed"], horizon=trial["horizon"],
-                             hypergradient="direct" if trial["variant"] == "two-stage" else trial["variant"])  # fmt: skip
+                             hypergradient="a-parl" if trial["variant"] == "a-parl" else "direct")  # fmt: skip
     start = time.perf_counter()
     if trial["variant"] == "two-stage":
         rows = parl.two_stage(trial["env"], config, trial["iterations"], eval_every=trial["eval_every"])
+    elif trial["variant"] == "true-reward":
+        rows = parl.true_reward(trial["env"], config, trial["iterations"], eval_every=trial["eval_every"])
     else:
         rows = parl.train(trial["env"], config, trial["iterations"], eval_every=trial["eval_every"])
     for row in rows:
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="nav/open-v0")
     parser.add_argument("--horizon", type=int, default=60)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["a-parl", "direct", "two-stage"], choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=150)
     parser.add_argument("--eval-every", type=int, default=10)

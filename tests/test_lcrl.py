@@ -155,11 +155,18 @@ def test_bench_writes_its_section_and_keeps_the_others(tmp_path, monkeypatch):
     monkeypatch.setattr("embodied.nets.text.SentenceEncoder", FakeEncoder)
     out = tmp_path / "language.md"
     out.write_text("# title\n\n## (a) VLM\n\nkept table\n")
-    bench.main(["--seeds", "0", "--train-tasks", "20", "--test-tasks", "2", "--steps", "5", "--out", str(out)])
+    argv = ["--seeds", "0", "--train-tasks", "20", "--test-tasks", "2", "--steps", "5", "--out", str(out),
+            "--run-dir", str(tmp_path / "runs")]  # fmt: skip
+    bench.main(argv)
     text = out.read_text()
     assert "## (a) VLM\n\nkept table" in text and "## (b) LC-RL" in text
     assert "Made by `python -m embodied.bench.lcrl --seeds 0" in text and "| LC-RL (IRL reward + value iteration) |" in text
     assert (tmp_path / "language_lcrl.png").exists() and (tmp_path / "language_lcrl.csv").exists()
+    saved = tmp_path / "runs" / "nav-seed0.json"
+    written = saved.stat().st_mtime_ns
+    monkeypatch.setattr(bench, "run_seed", lambda *a: pytest.fail("a finished seed is read, not rerun"))
+    bench.main(argv)
+    assert saved.stat().st_mtime_ns == written
 
 
 # --- the Meta-World family ---------------------------------------------------------------------
@@ -249,8 +256,32 @@ def test_bench_metaworld_family_writes_its_own_section(tmp_path, monkeypatch):
     out = tmp_path / "language.md"
     out.write_text("# title\n\n## (b) LC-RL: language-conditioned reward by IRL, on new instructions and layouts\n\nnav\n")
     bench.main(["--family", "metaworld", "--seeds", "0", "--train-tasks", "12", "--test-tasks", "1", "--steps", "3",
-                "--out", str(out)])  # fmt: skip
+                "--out", str(out), "--run-dir", str(tmp_path / "runs")])  # fmt: skip
     text = out.read_text()
     assert "on new instructions and layouts\n\nnav" in text and "## (b) LC-RL on Meta-World" in text
     assert "| shortest path (the controller's ceiling) |" in text and "metaworld/pick-place-v3" in text
     assert (tmp_path / "language_lcrl_metaworld.png").exists() and (tmp_path / "language_lcrl_metaworld.csv").exists()
+
+
+@pytest.mark.parametrize("shape", [(lcrl.GRID, lcrl.GRID), lcrl.MW_SHAPE])
+def test_the_policys_egocentric_crop_is_the_padded_grid_around_the_agent(shape):
+    """The crop gathered by flat offsets equals slicing the zero-padded grid at the agent."""
+    torch.manual_seed(0)
+    policy = lcrl.LanguagePolicy(hidden_dim=8, channels=3, features=5, shape=shape, actions=7)
+    cells = int(np.prod(shape))
+    features, embedding = torch.randn(4, cells, 5), torch.randn(4, EMBEDDING_DIM)
+    agents = torch.tensor([0, cells - 1, cells // 2, 7])
+    captured = {}
+    policy.convs.register_forward_hook(lambda module, inputs, output: captured.update(crops=inputs[0]))
+    policy(features, embedding, agents)
+    fused = torch.relu(policy.features(features)) * policy.language(embedding)[:, None, :]
+    grid = fused.transpose(1, 2).reshape(4, 3, *shape)
+    padded = torch.nn.functional.pad(grid, [n - 1 for n in reversed(shape) for _ in range(2)])
+    for b, cell in enumerate(agents.tolist()):
+        corner = np.unravel_index(cell, shape)
+        expected = padded[(b, slice(None), *(slice(i, i + 2 * n - 1) for i, n in zip(corner, shape)))]
+        if len(shape) == 3:
+            expected = expected.permute(0, 3, 1, 2).flatten(0, 1)
+        torch.testing.assert_close(captured["crops"][b], expected)
+    with pytest.raises(ValueError, match="2-D or 3-D"):
+        lcrl.LanguagePolicy(shape=(5,))

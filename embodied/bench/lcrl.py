@@ -30,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from embodied.bench import mean_std, write_section
+from embodied.bench import cached, mean_std, write_section
 from embodied.bench.vlm_feedback import TITLE
 
 SPLITS = {"seen": "train", "new instructions": "new-instructions", "new layout": "new-layouts"}
 METHODS = ("LC-RL (IRL reward + value iteration)", "cloned policy", "cloned policy, 4x steps",
            "shortest path (the controller's ceiling)")  # fmt: skip
+#: T of the soft value iteration: every demo fits (Meta-World's paths are at most about 15 moves).
+HORIZONS = {"nav": 40, "metaworld": 24}
 HEADINGS = {"nav": "(b) LC-RL: language-conditioned reward by IRL, on new instructions and layouts",
             "metaworld": "(b) LC-RL on Meta-World: reaching named things by new instructions and in new scenes"}  # fmt: skip
 
@@ -73,7 +75,7 @@ def run_seed(seed: int, args, encoder) -> dict:
     from embodied.algos import lcrl
 
     torch.set_num_threads(1)
-    config = lcrl.LCRLConfig(steps=args.steps, seed=seed)
+    config = lcrl.LCRLConfig(steps=args.steps, seed=seed, horizon=HORIZONS[args.family])
     train_envs, new_layout_envs = family_envs(args.family)
     train = lcrl.make_tasks(train_envs, args.train_tasks, "train", seed, config.horizon)
     embed = lambda tasks: encoder.encode([t.instruction for t in tasks])  # noqa: E731
@@ -82,16 +84,16 @@ def run_seed(seed: int, args, encoder) -> dict:
     irl_seconds = time.perf_counter() - start
     policy, _ = lcrl.fit_policy(train, embed(train), config)
     longer, _ = lcrl.fit_policy(train, embed(train), dataclasses.replace(config, steps=4 * args.steps))
-    out = {"seed": seed, "irl_seconds": irl_seconds, "final_nll": float(np.mean(losses[-50:]))}
-    for split, kind in SPLITS.items():
+    success: dict[str, dict[str, float]] = {method: {} for method in METHODS}
+    for i, (split, kind) in enumerate(SPLITS.items()):
         envs = new_layout_envs if kind == "new-layouts" else train_envs
-        tasks = lcrl.make_tasks(envs, args.test_tasks, kind, 10_000 + 100 * seed + len(out), config.horizon)
+        tasks = lcrl.make_tasks(envs, args.test_tasks, kind, 10_000 + 100 * seed + 3 * (i + 1), config.horizon)
         embeddings = embed(tasks)
-        out[(METHODS[0], split)] = lcrl.success_rate_lcrl(reward, tasks, embeddings, config)
-        out[(METHODS[1], split)] = lcrl.success_rate_policy(policy, tasks, embeddings)
-        out[(METHODS[2], split)] = lcrl.success_rate_policy(longer, tasks, embeddings)
-        out[(METHODS[3], split)] = shortest_path_rate(tasks)
-    return out
+        success[METHODS[0]][split] = lcrl.success_rate_lcrl(reward, tasks, embeddings, config)
+        success[METHODS[1]][split] = lcrl.success_rate_policy(policy, tasks, embeddings)
+        success[METHODS[2]][split] = lcrl.success_rate_policy(longer, tasks, embeddings)
+        success[METHODS[3]][split] = shortest_path_rate(tasks)
+    return {"seed": seed, "irl_seconds": irl_seconds, "final_nll": float(np.mean(losses[-50:])), "success": success}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-tasks", type=int, default=60, help="episodes per split and seed")
     parser.add_argument("--steps", type=int, default=1000, help="gradient steps of the reward and of the cloned policy")
     parser.add_argument("--out", type=Path, default=Path("results/language_vlm_bilevel.md"))
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-lcrl"),
+                        help="each finished seed is saved here; a rerun with the same settings reads it")
     args = parser.parse_args(argv)
     command = "python -m embodied.bench.lcrl " + " ".join(argv if argv is not None else sys.argv[1:])
     from embodied.nets.text import SentenceEncoder
@@ -109,8 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     encoder = SentenceEncoder()
     results = []
     for seed in args.seeds:
-        results.append(run_seed(seed, args, encoder))
-        print(f"seed {seed}: " + ", ".join(f"{m.split(' (')[0]} {s} {results[-1][(m, s)]:.2f}"
+        settings = {"family": args.family, "seed": seed, "train_tasks": args.train_tasks, "test_tasks": args.test_tasks,
+                    "steps": args.steps, "horizon": HORIZONS[args.family]}  # fmt: skip
+        results.append(cached(args.run_dir / f"{args.family}-seed{seed}.json", settings,
+                              lambda: run_seed(seed, args, encoder)))  # noqa: B023 (called at once)
+        print(f"seed {seed}: " + ", ".join(f"{m.split(' (')[0]} {s} {results[-1]['success'][m][s]:.2f}"
                                            for m in METHODS for s in SPLITS), flush=True)  # fmt: skip
     write(results, args, command.strip())
     print(args.out.read_text())
@@ -124,7 +131,7 @@ def write(results: list[dict], args, command: str) -> None:
 
     from embodied.algos.lcrl import LCRLConfig
 
-    config = LCRLConfig()
+    config = LCRLConfig(horizon=HORIZONS[args.family])
     stem = args.out.stem + ("_lcrl" if args.family == "nav" else f"_lcrl_{args.family}")
     plot = args.out.with_name(stem + ".png")
     train_envs, new_layout_envs = family_envs(args.family)
@@ -150,7 +157,7 @@ def write(results: list[dict], args, command: str) -> None:
         "|---|" + "---:|" * len(SPLITS),
     ]
     for method in METHODS:
-        lines.append(f"| {method} | " + " | ".join(mean_std([r[(method, s)] for r in results]) for s in SPLITS) + " |")
+        lines.append(f"| {method} | " + " | ".join(mean_std([r["success"][method][s] for r in results]) for s in SPLITS) + " |")
     lines += ["", f"MaxEnt IRL took {np.mean([r['irl_seconds'] for r in results]):.0f} s per seed "
               f"(final demo NLL per step {mean_std([r['final_nll'] for r in results])}).", "",
               f"![LC-RL against cloned policies]({plot.name})"]  # fmt: skip
@@ -161,11 +168,11 @@ def write(results: list[dict], args, command: str) -> None:
         for r in results:
             for method in METHODS:
                 for split in SPLITS:
-                    writer.writerow([method, split, r["seed"], f"{r[(method, split)]:.4f}"])
+                    writer.writerow([method, split, r["seed"], f"{r['success'][method][split]:.4f}"])
     figure, axis = plt.subplots(figsize=(6.5, 3))
     width = 0.8 / len(METHODS)
     for i, method in enumerate(METHODS):
-        values = np.array([[r[(method, s)] for s in SPLITS] for r in results])
+        values = np.array([[r["success"][method][s] for s in SPLITS] for r in results])
         axis.bar(np.arange(len(SPLITS)) + i * width, values.mean(0), width, yerr=values.std(0), label=method, capsize=3)
     axis.set_xticks(np.arange(len(SPLITS)) + width * (len(METHODS) - 1) / 2, list(SPLITS))
     axis.set_ylabel("success rate")

@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {label} | {value:.1f} | {', '.join(f'{v:.1f}' for v in samples[label])} | {ratio} |")
     if not args.no_compile:
         lines += ["", f"torch.compile warm-up (first updates, compiling): {compile_seconds:.0f} s."]
+    if samples["CORL iql.py"]:
+        lines += ["", "CORL iql.py: the training classes of tinkoff-ai/CORL's `algorithms/offline/iql.py`, built and "
+                  "stepped as its `train()` does (a local copy named by `--corl-iql`; CORL is a script, not a package, "
+                  "and we do not ship its code). It runs in a fresh process, as d3rlpy does."]  # fmt: skip
     lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))

@@ -7,10 +7,10 @@ imports D4RL, gym, pyrallis and wandb at the top. We do not ship its code: pass 
 a local copy. Only its training pieces are used (``ReplayBuffer``, ``TwinQ``,
 ``ValueFunction``, ``GaussianPolicy``, ``ImplicitQLearning``, ``compute_mean_std``,
 ``normalize_states``), built as its ``train()`` builds them with its defaults (256×256 MLPs,
-batch 256, Adam 3e-4, expectile 0.7, β 3.0, standardised states). The four imports it needs
-only for its entry point are replaced by inert stand-ins, while it loads, when they are not installed. Each
-timed update is one turn of CORL's loop without wandb: ``replay_buffer.sample``, ``.to``,
-``trainer.train``. Prints one JSON line.
+batch 256, Adam 3e-4, expectile 0.7, β 3.0, standardised states). The four imports it
+needs only for its entry point get inert stand-ins while it loads, when they are not
+installed. Each timed update is one turn of CORL's loop without wandb:
+``replay_buffer.sample``, ``.to``, ``trainer.train``. Prints one JSON line.
 """
 
 from __future__ import annotations

@@ -54,19 +54,6 @@ def family_envs(family: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
             tuple(f"metaworld/{name}" for name in held_out))  # fmt: skip
 
 
-def shortest_path_rate(tasks) -> float:
-    """Success of the controller following value iteration on the true goal cells."""
-    from embodied.algos import lcrl
-
-    wins = []
-    for task in tasks:
-        rewards = np.zeros(len(task.next_cell))
-        rewards[task.goal_cells] = 1.0
-        policy = lcrl.plan(rewards, task.next_cell, gamma=0.95, iterations=100)
-        wins.append(lcrl.run_episode(task, lambda cell: int(policy[cell])))
-    return float(np.mean(wins))
-
-
 def run_seed(seed: int, args, encoder) -> dict:
     import dataclasses
 
@@ -92,7 +79,7 @@ def run_seed(seed: int, args, encoder) -> dict:
         success[METHODS[0]][split] = lcrl.success_rate_lcrl(reward, tasks, embeddings, config)
         success[METHODS[1]][split] = lcrl.success_rate_policy(policy, tasks, embeddings)
         success[METHODS[2]][split] = lcrl.success_rate_policy(longer, tasks, embeddings)
-        success[METHODS[3]][split] = shortest_path_rate(tasks)
+        success[METHODS[3]][split] = lcrl.success_rate_shortest_path(tasks, config)
     return {"seed": seed, "irl_seconds": irl_seconds, "final_nll": float(np.mean(losses[-50:])), "success": success}
 
 
@@ -129,7 +116,7 @@ def write(results: list[dict], args, command: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from embodied.algos.lcrl import LCRLConfig
+    from embodied.algos.lcrl import MW_CELL, MW_MOVES, MW_SHAPE, LCRLConfig
 
     config = LCRLConfig(horizon=HORIZONS[args.family])
     stem = args.out.stem + ("_lcrl" if args.family == "nav" else f"_lcrl_{args.family}")
@@ -139,8 +126,9 @@ def write(results: list[dict], args, command: str) -> None:
               "goals never targeted in training), new layout (nav/corridor-v0, never seen)") if args.family == "nav" else (
         "seen (training scenes and templates, new positions), new instructions (unseen paraphrases), new layout "
         f"({' and '.join(new_layout_envs)}, scenes never seen, targets in mid-air). The hand's workspace is a "
-        "16 × 12 × 4 grid of 5 × 5 × 10 cm cells with 7 moves; a cell's features say which kinds of thing lie in it; "
-        "success is the hand entering the named thing's cell")  # fmt: skip
+        f"{' × '.join(map(str, MW_SHAPE))} grid of {' × '.join(f'{100 * c:g}' for c in MW_CELL)} cm cells with "
+        f"{len(MW_MOVES)} moves; a cell's features say which kinds of thing lie in it; success is the hand entering "
+        "the named thing's cell")  # fmt: skip
     lines = [
         f"Made by `{command.strip()}`",
         "",

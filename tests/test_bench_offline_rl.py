@@ -71,3 +71,26 @@ def test_action_free_column_needs_the_fraction(capsys):
     with pytest.raises(SystemExit):
         offline_rl.main(["--algos", "iql-mtm"])
     assert "needs --action-free" in capsys.readouterr().err
+
+
+def test_train_once_reuses_a_run_only_with_the_same_config(tmp_path, monkeypatch):
+    import embodied.run.fit as fit
+    from embodied.data.collect import collect
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    collect("metaworld/reach-v3", 2, name="tiny-reach", quality="expert", workers=1)
+    args = type("Args", (), {"mtm_steps": 0, "steps": 4, "batch_size": 8, "evals": 1, "eval_episodes": 1,
+                             "run_dir": tmp_path / "runs"})()  # fmt: skip
+    trained = []
+    real_train = fit.train
+    monkeypatch.setattr(fit, "train", lambda config: trained.append(config) or real_train(config))
+
+    config = offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args)
+    run_dir, evals = offline_rl.train_once(config)
+    again, evals_again = offline_rl.train_once(config)
+    assert len(trained) == 1 and again == run_dir and evals_again == evals  # finished, same settings: reused
+
+    args.eval_episodes = 2  # other settings, same run name: trained again in its place
+    run_dir_2, _ = offline_rl.train_once(offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args))
+    assert len(trained) == 2 and run_dir_2 == run_dir
+    assert "eval_episodes: 2" in (run_dir / "config.yaml").read_text()

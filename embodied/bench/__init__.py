@@ -74,12 +74,12 @@ def calls_per_second(function, calls: int, device: str = "cpu") -> float:
     return calls / (time.perf_counter() - start)
 
 
-def mean_std(values) -> str:
+def mean_std(values, digits: int = 2) -> str:
     """``"0.70 ± 0.36"`` over the values that are not NaN (``"—"`` when none are)."""
     import numpy as np
 
     values = [v for v in values if v == v]
-    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}" if values else "—"
 
 
 def plot_mean_std(axis, runs: list[dict], value_of, label: str, **style) -> None:

@@ -94,34 +94,37 @@ def score(task: str, evaluation: dict) -> float:
 
 
 def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
-    """One run, or the finished run already on disk; its evaluations."""
+    """One run, or the finished run already on disk if it ran with this very config; its
+    evaluations. A run left unfinished, or made with other settings (more evaluation
+    episodes, say), is started again in its place."""
+    import yaml
+
     from embodied.run.config import parse
     from embodied.run.fit import run_name, train
 
     config = parse(config_dict)
     run_dir = Path(config.train.run_dir) / run_name(config)
-    eval_csv = run_dir / "eval.csv"
+    eval_csv, saved = run_dir / "eval.csv", run_dir / "config.yaml"
     finished = eval_csv.exists() and str(config.train.steps) in eval_csv.read_text().splitlines()[-1].split(",")[0]
-    if not finished:
+    same = saved.exists() and yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    if not (finished and same):
         if run_dir.exists():
             import shutil
 
-            shutil.rmtree(run_dir)  # an unfinished run from an earlier attempt: start it again
+            shutil.rmtree(run_dir)
         train(config)
     return run_dir, read_evals(eval_csv)
 
 
 def label_with_mtm(labeller_dir: Path, source: str, name: str) -> None:
-    """Write dataset ``name``: ``source`` with its action-free episodes labelled by the MTM."""
+    """Write dataset ``name``: ``source`` with its action-free episodes labelled by the MTM
+    (again on every call: the labeller may have been retrained with other settings)."""
     import embodied
     from embodied.algos.mtm import label_actions
-    from embodied.data import dataset_path
     from embodied.data.episodes import dataset_spaces, read_episodes, write_dataset
 
-    if (dataset_path(name) / "data" / "metadata.json").exists():
-        return
     episodes = label_actions(embodied.load(labeller_dir), list(read_episodes(source)))
-    write_dataset(name, episodes, **dataset_spaces(source), algorithm_name="label-actions",
+    write_dataset(name, episodes, **dataset_spaces(source), algorithm_name="label-actions", overwrite=True,
                   description=f"{source}, action-free episodes labelled by MTM ({labeller_dir})")  # fmt: skip
 
 
@@ -306,12 +309,14 @@ def write(results: list[dict], args, commands: list[str]) -> None:
     panels = [(t, q) for t in tasks for q in qualities if any((t, q, a) in groups for a in algos)]
 
     # A merged row's dataset may not be on this machine: its score as the earlier table gave it.
-    earlier = {}
+    earlier, earlier_return = {}, {}
     if args.out.exists():
         for line in args.out.read_text().splitlines():
             cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
             if len(cells) > 3 and cells[0] in tasks and cells[1] in qualities and ("±" in line or "—" in line):
-                earlier[(cells[0], cells[1])] = float(cells[2]) if cells[2] not in ("", "nan") else float("nan")
+                value = float(cells[2]) if cells[2] not in ("", "nan") else float("nan")
+                # The first table gives data scores; the return table, which comes second, data returns.
+                (earlier_return if (cells[0], cells[1]) in earlier else earlier)[(cells[0], cells[1])] = value
 
     def data_score(task: str, quality: str) -> float:
         try:
@@ -321,6 +326,12 @@ def write(results: list[dict], args, commands: list[str]) -> None:
         if env_id_of(task).startswith("metaworld/"):
             return info.get("success_rate", float("nan"))
         return score(task, {"eval/return": info["return_mean"]})
+
+    def data_return(task: str, quality: str) -> float:
+        try:
+            return dataset_info(dataset_name(task, quality))["return_mean"]
+        except Exception:  # noqa: BLE001 - as data_score
+            return earlier_return.get((task, quality), float("nan"))
 
     seeds = sorted({r["seed"] for r in results})
     lines = [
@@ -350,6 +361,17 @@ def write(results: list[dict], args, commands: list[str]) -> None:
             finals = [score(task, r["evals"][-1]) for r in groups.get((task, quality, algo), [])]
             cells.append(mean_std(finals))
         lines.append(f"| {task} | {quality} | {data_score(task, quality):.2f} | " + " | ".join(cells) + " |")
+    metaworld = [(t, q) for t, q in panels if env_id_of(t).startswith("metaworld/")]
+    if metaworld:
+        lines += ["", "Meta-World return of the same final policies: the env's shaped reward summed over the "
+                  "500-step episode, mean ± std over seeds. Success saturates (a policy that presses the button "
+                  "late and one that presses it at once both score 1); the return tells them apart.", "",
+                  "| task | data | data return | " + " | ".join(COLUMN_TITLES.get(a, a) for a in algos) + " |",
+                  "|---|---|---:|" + "---:|" * len(algos)]  # fmt: skip
+        for task, quality in metaworld:
+            cells = [mean_std([r["evals"][-1].get("eval/return", float("nan"))
+                               for r in groups.get((task, quality, algo), [])], digits=0) for algo in algos]  # fmt: skip
+            lines.append(f"| {task} | {quality} | {data_return(task, quality):.0f} | " + " | ".join(cells) + " |")
     labelled = [(t, q, r["seed"]) for t, q in panels for r in groups.get((t, q, "iql-mtm"), [])]
     if labelled:
         lines += ["", "MTM's labels: correlation with the true actions of the episodes it labelled (mean over "

@@ -31,3 +31,15 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
     for expected in ("| oracle | 1.00 ± 0.00 |", "| ipl |", "| scripted r(s) |", "| pearl from push-v3 |", "GW transport"):
         assert expected in text
     assert out.with_suffix(".png").exists()
+
+    # The transfer survey: agreement only, per source and ε, merged beside the rest.
+    preferences.main([*common, "--teachers", "--variants", "--sources", "--transfer-sources", "push-v3",
+                      "--gw-epsilons", "0.005", "0.05", "--merge"])  # fmt: skip
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    survey = {r["variant"]: r for r in rows if r["part"] == "t"}
+    assert set(survey) == {"push-v3 ε=0.005", "push-v3 ε=0.05"}
+    assert all(0.0 <= float(r["label_agreement"]) <= 1.0 and r["success_rate"] == "" for r in survey.values())
+    assert {(r["part"], r["variant"]) for r in rows} >= ran  # nothing earlier is lost
+    text = out.read_text()
+    assert "| source task | ε = 0.005 | ε = 0.05 |" in text and "| push-v3 |" in text

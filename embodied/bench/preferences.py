@@ -21,6 +21,10 @@ datasets of the same quality), all labels from B-Pref scripted teachers
 (c) **IPL** (:mod:`embodied.algos.ipl`) on the same ``--labels`` scripted labels as
     (b)'s reward model + IQL.
 
+``--transfer-sources`` adds a cheaper survey: only the transferred labels' agreement with
+the target's true reward, for each of those source tasks and each entropic GW
+``--gw-epsilons`` (no reward model, no policy), to see which tasks transfer.
+
 Every policy is trained for ``--steps`` updates and evaluated ``--evals`` times on
 ``--eval-episodes`` episodes (success rate). Finished runs are skipped on a rerun.
 Writes a Markdown table, a CSV of every evaluation and a plot beside ``--out``.
@@ -91,7 +95,7 @@ def scripted_labels(target: str, args, seed: int):
     return label_dataset(target, ScriptedTeacher(), args.labels, args.segment_len, seed=seed)
 
 
-def make_labels(variant: str, target: str, args, seed: int):
+def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | None = None):
     """The target's label set of a variant (and how it was made)."""
     from embodied.algos import pearl
     from embodied.data import load_dataset
@@ -111,6 +115,8 @@ def make_labels(variant: str, target: str, args, seed: int):
     matrix = pearl.teacher_matrix(ScriptedTeacher(), StepScores.read(source), episodes[:, 0], starts[:, 0],
                                   args.segment_len, seed=seed)  # fmt: skip
     config = pearl.PEARLConfig(target_segments=args.segments, target_pairs=args.pairs)
+    if gw_epsilon is not None:
+        config.gw_epsilon = gw_epsilon
     return pearl.transfer(load_dataset(source), matrix, load_dataset(target), config, seed=seed,
                           source_segments=(episodes[:, 0], starts[:, 0]), segment_len=args.segment_len)  # fmt: skip
 
@@ -138,6 +144,10 @@ def run_trial(trial: dict) -> dict:
         return out | {"label_agreement": agreement(labels, StepScores.read(target)),
                       "accuracy": label_accuracy(model, dataset, held_out_oracle(target, args, seed)),
                       "seconds": time.perf_counter() - started}  # fmt: skip
+    if trial["part"] == "t":  # the survey: the transferred labels' agreement only
+        labels = make_labels(f"pearl from {trial['source']}", target, args, seed, gw_epsilon=trial["gw_epsilon"])
+        return out | {"label_agreement": agreement(labels, StepScores.read(target)),
+                      "gw_seconds": labels.info["gw_seconds"]}  # fmt: skip
     if variant == "true reward":
         run_dir, evals = train_once(policy_config("iql", target, seed, args, f"iql-{target}-true-seed{seed}"))
         return out | {"evals": evals, "run_dir": str(run_dir)}
@@ -169,14 +179,25 @@ def make_trials(args) -> list[dict]:
     variants = [v for v in VARIANTS if v in args.variants] + [f"pearl from {s}" for s in args.sources]
     if args.state_reward:  # only the reward-model variants change
         variants = [v if v in ("true reward", "ipl") else f"{v}{STATE_ONLY}" for v in variants]
+    survey = [{"part": "t", "variant": transfer_variant(source, eps), "source": source, "gw_epsilon": eps,
+               "seed": seed, "args": args}
+              for source in args.transfer_sources for eps in args.gw_epsilons for seed in args.seeds]  # fmt: skip
     # Policy trials first (the long ones), so the two workers stay busy to the end.
-    return [{"part": "b", "variant": v, "seed": seed, "args": args} for seed in args.seeds for v in variants] + trials
+    return [{"part": "b", "variant": v, "seed": seed, "args": args} for seed in args.seeds for v in variants] + trials \
+        + survey
+
+
+def transfer_variant(source: str, gw_epsilon: float) -> str:
+    """The survey's row key: source task and GW's ε (``"window-open-v3 ε=0.002"``)."""
+    return f"{source} ε={gw_epsilon:g}"
 
 
 def describe(result: dict) -> str:
     text = f"({result['part']}) {result['variant']} seed {result['seed']}:"
     if "accuracy" in result:
         text += f" reward-model accuracy {result['accuracy']:.3f}"
+    if "accuracy" not in result and "label_agreement" in result:
+        text += f" label agreement {result['label_agreement']:.3f}"
     if "evals" in result:
         text += f" success {result['evals'][-1].get('eval/success_rate', float('nan')):.2f}"
     return text
@@ -187,6 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", default="drawer-open-v3", help="Meta-World task the policies learn")
     parser.add_argument("--quality", default="medium", help="dataset quality of target and sources")
     parser.add_argument("--sources", nargs="*", default=["button-press-v3", "push-v3"], help="PEARL source tasks")
+    parser.add_argument("--transfer-sources", nargs="*", default=[],
+                        help="survey: source tasks whose transferred labels' agreement is measured (no policy)")
+    parser.add_argument("--gw-epsilons", nargs="+", type=float, default=[5e-3],
+                        help="survey: entropic GW regularisations to try (part (b) uses PEARLConfig's)")
     parser.add_argument("--teachers", nargs="*", default=list(TEACHERS), help="part (a) teachers")
     parser.add_argument("--variants", nargs="*", default=VARIANTS, help="part (b)/(c) baselines to run")
     parser.add_argument("--state-reward", action="store_true",
@@ -215,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     from embodied.data import dataset_path
     from embodied.data.collect import collect
 
-    for task in [args.target, *args.sources]:
+    for task in dict.fromkeys([args.target, *args.sources, *args.transfer_sources]):
         name = dataset_name(task, args.quality)
         if not (dataset_path(name) / "data" / "metadata.json").exists():
             collect(env_id_of(task), args.episodes, name=name, quality=args.quality, workers=args.workers)
@@ -333,6 +358,27 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
             lines.append(f"| {variant} | {mean_std([r.get('label_agreement', np.nan) for r in rows])} | "
                          f"{mean_std([r.get('accuracy', np.nan) for r in rows])} | "
                          f"{mean_std([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} |")  # fmt: skip
+    survey = [r for r in results if r["part"] == "t"]
+    if survey:
+        keyed = [(*r["variant"].rsplit(" ε=", 1), r) for r in survey]
+        sources = list(dict.fromkeys(source for source, _, _ in keyed))
+        epsilons = sorted({eps for _, eps, _ in keyed}, key=float)
+        lines += [
+            "",
+            f"## PEARL's transferred labels into `{target}`, by source task and GW's ε",
+            "",
+            f"Agreement of the transferred labels ({args.pairs} target pairs) with the target's true reward (ties "
+            f"excluded), mean ± std over seeds; the source side as in (b) ({args.segments} segments of the source "
+            f"task, every pair answered by the oracle). No reward model or policy is trained. 0.5 is chance; below "
+            f"it, GW matched the tasks back to front.",
+            "",
+            "| source task | " + " | ".join(f"ε = {eps}" for eps in epsilons) + " |",
+            "|---|" + "---:|" * len(epsilons),
+        ]
+        for source in sources:
+            cells = [mean_std([r["label_agreement"] for s, e, r in keyed if s == source and e == eps])
+                     for eps in epsilons]  # fmt: skip
+            lines.append(f"| {source} | " + " | ".join(cells) + " |")
     lines += ["", f"GW transport of {args.segments} × {args.segments} segments "
               f"({args.segment_len} steps × 43 features each): "
               + ", ".join(f"{device} {seconds:.1f} s" for device, seconds in gw_time.items())

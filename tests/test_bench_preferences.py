@@ -12,22 +12,26 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
               "--labels", "20", "--held-out", "20", "--segment-len", "10", "--segments", "20", "--pairs", "30",
               "--steps", "4", "--reward-steps", "3", "--evals", "1", "--eval-episodes", "1", "--workers", "1",
               "--run-dir", str(tmp_path / "runs"), "--out", str(out)]  # fmt: skip
-    preferences.main([*common, "--teachers", "oracle", "mistake ε=0.3", "--variants", "true reward", "ipl"])
+    preferences.main([*common, "--teachers", "oracle", "mistake ε=0.3", "--variants", "true reward", "ipl",
+                      "scripted mistake ε=0.3"])  # fmt: skip
     preferences.main([*common, "--teachers", "--variants", "scripted", "--sources", "--state-reward", "--merge"])
 
     with open(out.with_suffix(".csv"), newline="") as handle:
         rows = list(csv.DictReader(handle))
     ran = {(r["part"], r["variant"]) for r in rows}
     assert ran == {("a", "oracle"), ("a", "mistake ε=0.3"), ("b", "true reward"), ("b", "ipl"),
-                   ("b", "pearl from push-v3"), ("b", "scripted r(s)")}  # the first invocation's rows are kept
+                   ("b", "pearl from push-v3"), ("b", "scripted r(s)"),
+                   ("b", "scripted mistake ε=0.3")}  # the first invocation's rows are kept
     oracle = next(r for r in rows if r["variant"] == "oracle")
     assert float(oracle["label_agreement"]) == 1.0 and 0.0 <= float(oracle["accuracy"]) <= 1.0
     mistaken = next(r for r in rows if r["variant"] == "mistake ε=0.3")
     assert float(mistaken["label_agreement"]) < 1.0
     pearl = next(r for r in rows if r["variant"] == "pearl from push-v3")
     assert 0.0 <= float(pearl["label_agreement"]) <= 1.0 and pearl["success_rate"] != ""
+    noisy = next(r for r in rows if r["variant"] == "scripted mistake ε=0.3")
+    assert float(noisy["label_agreement"]) < 1.0 and noisy["success_rate"] != ""
     text = out.read_text()
-    assert text.count("`python -m embodied.bench.preferences") == 2
+    assert text.count("`python -m embodied.bench.preferences") == 2 and "| scripted mistake ε=0.3 |" in text
     for expected in ("| oracle | 1.00 ± 0.00 |", "| ipl |", "| scripted r(s) |", "| pearl from push-v3 |", "GW transport"):
         assert expected in text
     assert out.with_suffix(".png").exists()
@@ -43,3 +47,11 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
     assert {(r["part"], r["variant"]) for r in rows} >= ran  # nothing earlier is lost
     text = out.read_text()
     assert "| source task | ε = 0.005 | ε = 0.05 |" in text and "| push-v3 |" in text
+
+
+def test_unknown_variant_is_refused(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        preferences.main(["--variants", "scripted sloppy"])
+    assert "unknown teacher/variant ['scripted sloppy']" in capsys.readouterr().err

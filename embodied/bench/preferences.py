@@ -61,6 +61,14 @@ TEACHERS: dict[str, dict] = {
 REWARD_MODEL = {"members": 3, "hidden_dims": (256, 256), "batch_size": 32, "steps": 400}
 IPL_SIZES = {"hidden_dims": [256, 256], "preference_batch_size": 8}
 VARIANTS = ["true reward", "scripted", "random", "ipl"]
+#: ``"scripted <teacher>"`` (a teacher of ``TEACHERS``) is a further variant: the scripted
+#: variant's queries labelled by that teacher, learned by PEARL's Gaussian reward model, to
+#: hold PEARL's transferred labels against the target's own labels at a like agreement.
+NOISY = "scripted "
+
+
+def known_variant(variant: str) -> bool:
+    return variant in VARIANTS or (variant.startswith(NOISY) and variant.removeprefix(NOISY) in TEACHERS)
 #: Suffix of the reward-model variants whose model reads the state only (``--state-reward``).
 STATE_ONLY = " r(s)"
 
@@ -89,10 +97,14 @@ def policy_config(algo: str, data: str, seed: int, args, name: str, preferences:
     }  # fmt: skip
 
 
-def scripted_labels(target: str, args, seed: int):
+def scripted_labels(target: str, args, seed: int, teacher: str = "oracle"):
+    """``--labels`` queries of the target (the same ones for every teacher), labelled by a
+    teacher of ``TEACHERS``."""
     from embodied.rewards.teachers import ScriptedTeacher, label_dataset
 
-    return label_dataset(target, ScriptedTeacher(), args.labels, args.segment_len, seed=seed)
+    preset = dict(TEACHERS[teacher])
+    teacher = ScriptedTeacher.preset(preset.pop("kind"), **preset)
+    return label_dataset(target, teacher, args.labels, args.segment_len, seed=seed)
 
 
 def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | None = None):
@@ -105,6 +117,8 @@ def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | 
     variant = variant.removesuffix(STATE_ONLY)
     if variant == "scripted":
         return scripted_labels(target, args, seed)
+    if variant.startswith(NOISY):
+        return scripted_labels(target, args, seed, variant.removeprefix(NOISY))
     if variant == "random":
         labels = scripted_labels(target, args, seed)
         coin = np.random.default_rng([seed, 7]).integers(0, 2, len(labels)).astype(np.float32)
@@ -151,7 +165,9 @@ def run_trial(trial: dict) -> dict:
     if variant == "true reward":
         run_dir, evals = train_once(policy_config("iql", target, seed, args, f"iql-{target}-true-seed{seed}"))
         return out | {"evals": evals, "run_dir": str(run_dir)}
-    slug = variant.replace(STATE_ONLY, "-state").replace(" ", "-")
+    slug = variant.replace(STATE_ONLY, "-state").replace(" ", "-").replace("=", "")
+    for greek, latin in (("ε", "eps"), ("β", "beta"), ("γ", "gamma")):  # dataset names are ASCII
+        slug = slug.replace(greek, latin)
     if variant == "ipl":
         label_name = f"bench-scripted-{args.labels}-L{args.segment_len}-seed{seed}"
         if not (dataset_path(target) / "preferences" / f"{label_name}.npz").exists():
@@ -164,7 +180,7 @@ def run_trial(trial: dict) -> dict:
     out["gw_seconds"] = labels.info.get("gw_seconds", float("nan"))
     relabelled = f"{target}-rm-{slug}-seed{seed}"
     dataset = load_dataset(target)
-    config = reward_model_config(args, gaussian=variant.startswith("pearl"),
+    config = reward_model_config(args, gaussian=variant.startswith(("pearl", NOISY)),
                                  inputs="state" if variant.endswith(STATE_ONLY) else "state_action")
     model, _ = fit_reward_model(dataset, labels, config, seed=seed)
     out["accuracy"] = label_accuracy(model, dataset, held_out_oracle(target, args, seed))
@@ -176,7 +192,8 @@ def run_trial(trial: dict) -> dict:
 def make_trials(args) -> list[dict]:
     trials = [{"part": "a", "variant": teacher, "seed": seed, "args": args}
               for teacher in args.teachers for seed in args.seeds]  # fmt: skip
-    variants = [v for v in VARIANTS if v in args.variants] + [f"pearl from {s}" for s in args.sources]
+    variants = [v for v in VARIANTS if v in args.variants] + [v for v in args.variants if v.startswith(NOISY)] \
+        + [f"pearl from {s}" for s in args.sources]
     if args.state_reward:  # only the reward-model variants change
         variants = [v if v in ("true reward", "ipl") else f"{v}{STATE_ONLY}" for v in variants]
     survey = [{"part": "t", "variant": transfer_variant(source, eps), "source": source, "gw_epsilon": eps,
@@ -232,9 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-preferences"))
     parser.add_argument("--out", type=Path, default=Path("results/preferences.md"))
     args = parser.parse_args(argv)
-    unknown = [t for t in args.teachers if t not in TEACHERS] + [v for v in args.variants if v not in VARIANTS]
+    unknown = [t for t in args.teachers if t not in TEACHERS] + [v for v in args.variants if not known_variant(v)]
     if unknown:
-        parser.error(f"unknown teacher/variant {unknown}; teachers: {list(TEACHERS)}, variants: {VARIANTS}")
+        parser.error(f"unknown teacher/variant {unknown}; teachers: {list(TEACHERS)}, variants: {VARIANTS} or '{NOISY}<teacher>'")
     command = ("python -m embodied.bench.preferences " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
 
     from embodied.data import dataset_path
@@ -336,7 +353,8 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
                          f"{mean_std([r['accuracy'] for r in rows])} |")  # fmt: skip
     ran = {r["variant"] for r in part_b}
     order = VARIANTS + [f"{v}{STATE_ONLY}" for v in VARIANTS]
-    variants = [v for v in order if v in ran] + sorted(v for v in ran if v.startswith("pearl"))
+    variants = [v for v in order if v in ran] + sorted(v for v in ran if v.startswith(NOISY)) \
+        + sorted(v for v in ran if v.startswith("pearl"))
     lines += [
         "",
         f"## (b, c) IQL on learned rewards, PEARL, and IPL on `{target}`",
@@ -345,7 +363,9 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
         f"coin-flip labels. pearl from S: the oracle answers every pair of {args.segments} segments of task S "
         f"(same quality), entropic GW transports the labels to {args.pairs} target pairs, a Gaussian reward model "
         f"(Robust Reward Learning) learns from them → IQL; no label of the target task is used. ipl: IPL on the "
-        f"scripted variant's {args.labels} labels (no reward model). Label agreement: the variant's target labels "
+        f"scripted variant's {args.labels} labels (no reward model). scripted T: the scripted variant's queries "
+        "labelled by teacher T of (a), learned by PEARL's Gaussian reward model (the target's own labels at an "
+        "agreement like PEARL's). Label agreement: the variant's target labels "
         "against the target's true reward; reward-model accuracy as in (a). r(s): the same "
         "variant with a reward model of the state alone (`--state-reward`).",
         "",

@@ -32,6 +32,7 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
     assert float(noisy["label_agreement"]) < 1.0 and noisy["success_rate"] != ""
     text = out.read_text()
     assert text.count("`python -m embodied.bench.preferences") == 2 and "| scripted mistake ε=0.3 |" in text
+    assert text.count("| scripted r(s) |") == 1  # the state-only oracle variant is not a noisy teacher's
     for expected in ("| oracle | 1.00 ± 0.00 |", "| ipl |", "| scripted r(s) |", "| pearl from push-v3 |", "GW transport"):
         assert expected in text
     assert out.with_suffix(".png").exists()
@@ -51,6 +52,9 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
 
 def test_unknown_variant_is_refused(capsys):
     import pytest
+
+    assert preferences.noisy_teacher("scripted mistake ε=0.3 r(s)") == "mistake ε=0.3"
+    assert preferences.noisy_teacher("scripted r(s)") is None  # the oracle, reward model of the state
 
     with pytest.raises(SystemExit):
         preferences.main(["--variants", "scripted sloppy"])

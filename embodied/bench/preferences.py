@@ -67,8 +67,14 @@ VARIANTS = ["true reward", "scripted", "random", "ipl"]
 NOISY = "scripted "
 
 
+def noisy_teacher(variant: str) -> str | None:
+    """The teacher of a ``"scripted <teacher>"`` variant (``" r(s)"`` allowed), else None."""
+    teacher = variant.removesuffix(STATE_ONLY).removeprefix(NOISY)
+    return teacher if variant.startswith(NOISY) and teacher in TEACHERS else None
+
+
 def known_variant(variant: str) -> bool:
-    return variant in VARIANTS or (variant.startswith(NOISY) and variant.removeprefix(NOISY) in TEACHERS)
+    return variant in VARIANTS or noisy_teacher(variant) is not None
 #: Suffix of the reward-model variants whose model reads the state only (``--state-reward``).
 STATE_ONLY = " r(s)"
 
@@ -117,8 +123,8 @@ def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | 
     variant = variant.removesuffix(STATE_ONLY)
     if variant == "scripted":
         return scripted_labels(target, args, seed)
-    if variant.startswith(NOISY):
-        return scripted_labels(target, args, seed, variant.removeprefix(NOISY))
+    if noisy_teacher(variant):
+        return scripted_labels(target, args, seed, noisy_teacher(variant))
     if variant == "random":
         labels = scripted_labels(target, args, seed)
         coin = np.random.default_rng([seed, 7]).integers(0, 2, len(labels)).astype(np.float32)
@@ -180,7 +186,7 @@ def run_trial(trial: dict) -> dict:
     out["gw_seconds"] = labels.info.get("gw_seconds", float("nan"))
     relabelled = f"{target}-rm-{slug}-seed{seed}"
     dataset = load_dataset(target)
-    config = reward_model_config(args, gaussian=variant.startswith(("pearl", NOISY)),
+    config = reward_model_config(args, gaussian=variant.startswith("pearl") or noisy_teacher(variant) is not None,
                                  inputs="state" if variant.endswith(STATE_ONLY) else "state_action")
     model, _ = fit_reward_model(dataset, labels, config, seed=seed)
     out["accuracy"] = label_accuracy(model, dataset, held_out_oracle(target, args, seed))
@@ -192,7 +198,7 @@ def run_trial(trial: dict) -> dict:
 def make_trials(args) -> list[dict]:
     trials = [{"part": "a", "variant": teacher, "seed": seed, "args": args}
               for teacher in args.teachers for seed in args.seeds]  # fmt: skip
-    variants = [v for v in VARIANTS if v in args.variants] + [v for v in args.variants if v.startswith(NOISY)] \
+    variants = [v for v in VARIANTS if v in args.variants] + [v for v in args.variants if noisy_teacher(v)] \
         + [f"pearl from {s}" for s in args.sources]
     if args.state_reward:  # only the reward-model variants change
         variants = [v if v in ("true reward", "ipl") else f"{v}{STATE_ONLY}" for v in variants]
@@ -353,7 +359,7 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
                          f"{mean_std([r['accuracy'] for r in rows])} |")  # fmt: skip
     ran = {r["variant"] for r in part_b}
     order = VARIANTS + [f"{v}{STATE_ONLY}" for v in VARIANTS]
-    variants = [v for v in order if v in ran] + sorted(v for v in ran if v.startswith(NOISY)) \
+    variants = [v for v in order if v in ran] + sorted(v for v in ran if noisy_teacher(v)) \
         + sorted(v for v in ran if v.startswith("pearl"))
     lines += [
         "",

@@ -61,6 +61,8 @@ TEACHERS: dict[str, dict] = {
 REWARD_MODEL = {"members": 3, "hidden_dims": (256, 256), "batch_size": 32, "steps": 400}
 IPL_SIZES = {"hidden_dims": [256, 256], "preference_batch_size": 8}
 VARIANTS = ["true reward", "scripted", "random", "ipl"]
+#: Suffix of the reward-model variants whose model reads the state only (``--state-reward``).
+STATE_ONLY = " r(s)"
 #: ``"scripted <teacher>"`` (a teacher of ``TEACHERS``) is a further variant: the scripted
 #: variant's queries labelled by that teacher, learned by PEARL's Gaussian reward model, to
 #: hold PEARL's transferred labels against the target's own labels at a like agreement.
@@ -75,8 +77,6 @@ def noisy_teacher(variant: str) -> str | None:
 
 def known_variant(variant: str) -> bool:
     return variant in VARIANTS or noisy_teacher(variant) is not None
-#: Suffix of the reward-model variants whose model reads the state only (``--state-reward``).
-STATE_ONLY = " r(s)"
 
 
 def reward_model_config(args, gaussian: bool = False, inputs: str = "state_action"):
@@ -123,8 +123,8 @@ def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | 
     variant = variant.removesuffix(STATE_ONLY)
     if variant == "scripted":
         return scripted_labels(target, args, seed)
-    if noisy_teacher(variant):
-        return scripted_labels(target, args, seed, noisy_teacher(variant))
+    if teacher := noisy_teacher(variant):
+        return scripted_labels(target, args, seed, teacher)
     if variant == "random":
         labels = scripted_labels(target, args, seed)
         coin = np.random.default_rng([seed, 7]).integers(0, 2, len(labels)).astype(np.float32)
@@ -149,31 +149,22 @@ def run_trial(trial: dict) -> dict:
     from embodied.data import dataset_path, load_dataset
     from embodied.data.preferences import StepScores, save_preferences
     from embodied.rewards.models import fit_reward_model, label_accuracy, relabel_dataset
-    from embodied.rewards.teachers import ScriptedTeacher, agreement, label_dataset
+    from embodied.rewards.teachers import agreement
 
     args, seed, variant = trial["args"], trial["seed"], trial["variant"]
     target = dataset_name(args.target, args.quality)
     out = {"part": trial["part"], "variant": variant, "seed": seed}
     started = time.perf_counter()
     if trial["part"] == "a":
-        teacher_args = dict(TEACHERS[variant])
-        teacher = ScriptedTeacher.preset(teacher_args.pop("kind"), **teacher_args)
-        labels = label_dataset(target, teacher, args.labels, args.segment_len, seed=seed)
+        labels = scripted_labels(target, args, seed, teacher=variant)
         dataset = load_dataset(target)
         model, _ = fit_reward_model(dataset, labels, reward_model_config(args), seed=seed)
         return out | {"label_agreement": agreement(labels, StepScores.read(target)),
                       "accuracy": label_accuracy(model, dataset, held_out_oracle(target, args, seed)),
                       "seconds": time.perf_counter() - started}  # fmt: skip
-    if trial["part"] == "t":  # the survey: the transferred labels' agreement only
-        labels = make_labels(f"pearl from {trial['source']}", target, args, seed, gw_epsilon=trial["gw_epsilon"])
-        return out | {"label_agreement": agreement(labels, StepScores.read(target)),
-                      "gw_seconds": labels.info["gw_seconds"]}  # fmt: skip
     if variant == "true reward":
         run_dir, evals = train_once(policy_config("iql", target, seed, args, f"iql-{target}-true-seed{seed}"))
         return out | {"evals": evals, "run_dir": str(run_dir)}
-    slug = variant.replace(STATE_ONLY, "-state").replace(" ", "-").replace("=", "")
-    for greek, latin in (("ε", "eps"), ("β", "beta"), ("γ", "gamma")):  # dataset names are ASCII
-        slug = slug.replace(greek, latin)
     if variant == "ipl":
         label_name = f"bench-scripted-{args.labels}-L{args.segment_len}-seed{seed}"
         if not (dataset_path(target) / "preferences" / f"{label_name}.npz").exists():
@@ -181,9 +172,16 @@ def run_trial(trial: dict) -> dict:
         config = policy_config("ipl", target, seed, args, f"ipl-{target}-{label_name}", preferences=label_name)
         run_dir, evals = train_once(config)
         return out | {"evals": evals, "run_dir": str(run_dir)}
-    labels = make_labels(variant, target, args, seed)
+    survey = trial["part"] == "t"  # the transferred labels' agreement only
+    labels = make_labels(f"pearl from {trial['source']}" if survey else variant, target, args, seed,
+                         gw_epsilon=trial.get("gw_epsilon"))  # fmt: skip
     out["label_agreement"] = agreement(labels, StepScores.read(target))
     out["gw_seconds"] = labels.info.get("gw_seconds", float("nan"))
+    if survey:
+        return out
+    slug = variant.replace(STATE_ONLY, "-state").replace(" ", "-").replace("=", "")
+    for greek, latin in (("ε", "eps"), ("β", "beta"), ("γ", "gamma")):  # dataset names are ASCII
+        slug = slug.replace(greek, latin)
     relabelled = f"{target}-rm-{slug}-seed{seed}"
     dataset = load_dataset(target)
     config = reward_model_config(args, gaussian=variant.startswith("pearl") or noisy_teacher(variant) is not None,
@@ -219,7 +217,7 @@ def describe(result: dict) -> str:
     text = f"({result['part']}) {result['variant']} seed {result['seed']}:"
     if "accuracy" in result:
         text += f" reward-model accuracy {result['accuracy']:.3f}"
-    if "accuracy" not in result and "label_agreement" in result:
+    elif "label_agreement" in result:
         text += f" label agreement {result['label_agreement']:.3f}"
     if "evals" in result:
         text += f" success {result['evals'][-1].get('eval/success_rate', float('nan')):.2f}"
@@ -396,7 +394,7 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
             f"Agreement of the transferred labels ({args.pairs} target pairs) with the target's true reward (ties "
             f"excluded), mean ± std over seeds; the source side as in (b) ({args.segments} segments of the source "
             f"task, every pair answered by the oracle). No reward model or policy is trained. 0.5 is chance; below "
-            f"it, GW matched the tasks back to front.",
+            f"it, most likely GW matched the tasks back to front (it cannot tell a geometry from its mirror image).",
             "",
             "| source task | " + " | ".join(f"ε = {eps}" for eps in epsilons) + " |",
             "|---|" + "---:|" * len(epsilons),

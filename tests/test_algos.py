@@ -163,6 +163,17 @@ def test_compile_mode_reaches_the_agent(tmp_path, monkeypatch):
         parse({"algo": {"name": "iql"}, "train": {"precision": "fp16"}})
 
 
+@pytest.mark.parametrize("algo", ["iql", "sac"])
+@pytest.mark.parametrize(("key", "value", "least"), [("eval_episodes", 0, 1), ("log_every", 0, 1),
+                                                     ("checkpoint_every", 0, 1), ("steps", 0, 1),
+                                                     ("batch_size", 0, 1), ("eval_every", -1, 0)])  # fmt: skip
+def test_a_schedule_that_would_fail_mid_run_is_refused_when_parsed(algo, key, value, least):
+    # eval_episodes: 0 used to pass until the final evaluation, after the whole run, and
+    # took the final checkpoint with it; log_every: 0 failed at the first update.
+    with pytest.raises(ConfigError, match=rf"train.{key} must be >= {least}, got {value}"):
+        parse({"algo": {"name": algo}, "train": {key: value}})
+
+
 def test_every_shipped_config_parses():
     from pathlib import Path
 

@@ -78,6 +78,12 @@ class TrainConfig:
     progress: bool = True  # progress bar on a terminal
 
     def __post_init__(self):
+        # Checked here, not when the loop first needs them: a run that trained for an hour
+        # must not fail at its final evaluation (``eval_episodes: 0``) or first log.
+        for key in ("steps", "batch_size", "eval_episodes", "log_every", "checkpoint_every", "eval_every"):
+            least = 0 if key == "eval_every" else 1
+            if getattr(self, key) < least:
+                raise ValueError(f"train.{key} must be >= {least}, got {getattr(self, key)}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.precision not in ("fp32", "bf16"):
@@ -232,9 +238,6 @@ def check_online(cls, raw: Mapping[str, Any], algo: Any, train: TrainConfig) -> 
     if unused:
         raise ConfigError(f"{', '.join(unused)}: not used by {cls.name}, which learns online from its own env steps "
                           f"(no dataset; its batch size is algo.batch_size)")  # fmt: skip
-    for key in ("steps", "log_every", "checkpoint_every", "eval_every"):
-        if getattr(train, key) < (0 if key == "eval_every" else 1):
-            raise ConfigError(f"train.{key} must be >= {0 if key == 'eval_every' else 1}, got {getattr(train, key)}")
     unit = cls.iteration_steps(algo)
     if unit < 1:
         raise ConfigError(f"{cls.iteration_key} must be >= 1, got {unit}")

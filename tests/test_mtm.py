@@ -260,3 +260,35 @@ def test_label_actions_reads_each_action_from_a_window_of_states(monkeypatch):
     for result, actions in zip(labelled, true_actions + short_actions):
         np.testing.assert_allclose(result.actions, np.clip(actions, -1, 1), atol=1e-6)
     assert set(seen) == {4, 3}
+
+
+def test_state_features_are_all_the_model_sees():
+    """A model of features 0–2 of a 5-feature observation: bad indices are refused; the
+    other two features never change a prediction, in training or in any query; labelling
+    takes whole observations."""
+    for bad in ((0, 5), (1, 1), (-1,)):
+        with pytest.raises(ValueError, match="state_features must be distinct indices in \\[0, 5\\)"):
+            make_agent(dim=5, state_features=bad)
+    episodes, _ = point_mass(6, dim=3)
+    rng = np.random.default_rng(0)
+    wide = [Episode(np.concatenate([e.observations, rng.normal(size=(len(e.observations), 2)).astype(np.float32) * 100], 1),
+                    None if e.actions is None else np.concatenate([e.actions, np.zeros((len(e), 2), np.float32)], 1),
+                    e.rewards, e.terminations, e.truncations) for e in episodes]  # fmt: skip
+    agent = make_agent(dim=5, state_features=(0, 1, 2), state_differences=True,
+                       mask_patterns=("autoregressive", "inverse_dynamics"))  # fmt: skip
+    assert agent.model.embed[STATES].in_features == 3 and agent.state_normalizer.mean.shape == (3,)
+    dataset = Dataset(wide)
+    agent.prepare(dataset, total_steps=3)
+    generator = torch.Generator().manual_seed(0)
+    batch = agent.sample(dataset, 8, generator)
+    assert batch.states.shape == (8, agent.length, 3)
+    agent.update(batch, 1)
+    states = torch.as_tensor(wide[0].observations[:4])[None]
+    shuffled = states.clone()
+    shuffled[..., 3:] = torch.randn_like(shuffled[..., 3:]) * 1000
+    assert torch.equal(agent.inverse_dynamics(states), agent.inverse_dynamics(shuffled))
+    np.testing.assert_array_equal(agent.act(states[0, 0].numpy()), agent.act(shuffled[0, 0].numpy()))
+    actions = torch.zeros(1, 1, 5)
+    assert agent.forward_dynamics(states[:, :1], actions).shape == (1, 3)
+    labelled = label_actions(agent, wide)
+    assert all(e.has_actions and e.actions.shape == (len(e), 5) for e in labelled)

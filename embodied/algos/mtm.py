@@ -120,6 +120,15 @@ class MTMConfig:
     # (0: uniform over all segments, the authors'). With 90 % of episodes action-free a
     # uniform batch holds few actions to learn inverse dynamics from.
     acted_share: float = 0.0
+    # Our addition: the features of the flattened observation the model sees, as indices
+    # (empty: all of them). An inverse-dynamics labeller that sees only the robot's own
+    # features generalises from few acted episodes, where one that sees the objects and the
+    # goal learns them by heart: on push mixed with 10 acted episodes, labels from the
+    # robot's features correlated 0.78 with the true actions, from all 39 features 0.60
+    # (``embodied.envs.metaworld.ROBOT_FEATURES``; a ridge fit from the robot's features
+    # alone reaches 0.91, from all of them 0.35). States predicted (forward dynamics) are
+    # these features only.
+    state_features: tuple = ()
     target_return_fraction: float = 1.0  # RCBC target: min + fraction·(max − min) of the returns-to-go at episode starts
 
 
@@ -286,12 +295,19 @@ class MTM(Agent):
         super().__init__(config, observation_space, action_space, device)
         _validate(config)
         self.length = config.trajectory_length
+        features = [int(i) for i in config.state_features]
+        if any(not 0 <= i < self.obs_dim for i in features) or len(set(features)) != len(features):
+            raise ValueError(f"state_features must be distinct indices in [0, {self.obs_dim}) of the flattened "
+                             f"observation, got {list(config.state_features)}")  # fmt: skip
+        #: the observation features the model sees (None: all)
+        self.state_index = torch.tensor(features, dtype=torch.long) if features else None
+        self.state_dim = len(features) or self.obs_dim
         self.model = MaskedTrajectoryModel(
-            (self.obs_dim, 1, self.action_dim), self.length, config.width, config.heads,
+            (self.state_dim, 1, self.action_dim), self.length, config.width, config.heads,
             config.encoder_layers, config.decoder_layers, config.latent_dim, config.dropout, config.state_differences,
         )  # fmt: skip
-        self.state_normalizer = Normalizer(self.obs_dim)
-        self.difference_normalizer = Normalizer(self.obs_dim) if config.state_differences else None
+        self.state_normalizer = Normalizer(self.state_dim)
+        self.difference_normalizer = Normalizer(self.state_dim) if config.state_differences else None
         self.return_normalizer = Normalizer(1)
         self.action_normalizer = Normalizer(self.action_dim)
         self.register_buffer("target_return", torch.zeros(()))  # RCBC target, set by prepare()
@@ -324,11 +340,11 @@ class MTM(Agent):
         self._returns_to_go = returns_to_go.float()[:, None]
         is_step = rows != end
         min_std = self.config.min_std
-        _fit_standardiser(self.state_normalizer, dataset.observations[is_step].reshape(int(is_step.sum()), -1), min_std)
+        observations = self._features(dataset.observations.reshape(len(rows), -1))
+        _fit_standardiser(self.state_normalizer, observations[is_step], min_std)
         _fit_standardiser(self.return_normalizer, self._returns_to_go[is_step], min_std)
         _fit_standardiser(self.action_normalizer, dataset.actions[dataset.has_actions], min_std)
         if self.difference_normalizer is not None:
-            observations = dataset.observations.reshape(len(rows), -1)
             steps = rows[is_step]
             # Per-step motions are far below the states' spread: near-constant differences
             # are only centred at a hundredth of the states' threshold.
@@ -360,7 +376,7 @@ class MTM(Agent):
         rows = segments["rows"][:, None] + torch.arange(self.length, device=dataset.device)
         has_actions = dataset.has_actions[rows]
         return SegmentBatch(
-            states=segments["observations"][:, :-1].reshape(batch_size, self.length, -1),
+            states=self._features(segments["observations"][:, :-1].reshape(batch_size, self.length, -1)),
             returns=self._returns_to_go[rows],
             actions=segments["actions"].reshape(batch_size, self.length, -1),
             has_actions=has_actions,
@@ -394,6 +410,10 @@ class MTM(Agent):
         visible = visible.to(has_actions.device)
         visible[..., ACTIONS] &= has_actions
         return visible
+
+    def _features(self, states: torch.Tensor) -> torch.Tensor:
+        """The ``state_features`` of flattened observations (..., obs)."""
+        return states if self.state_index is None else states[..., self.state_index.to(states.device)]
 
     def _tokens(self, states: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor, has_actions: torch.Tensor):
         actions = torch.where(has_actions[..., None], actions, 0.0)  # NaN rows of action-free steps
@@ -445,12 +465,15 @@ class MTM(Agent):
     ) -> dict[str, torch.Tensor]:
         """Every token predicted from the visible ones, in the data's units.
 
-        Inputs are (B, k, dim) with k ≤ L (missing ones: hidden); ``visible`` is (L, 3) or
-        (B, L, 3) bool. Returns (B, L, dim) per modality name.
+        Inputs are (B, k, dim) with k ≤ L (missing ones: hidden); states are whole
+        observations. ``visible`` is (L, 3) or (B, L, 3) bool. Returns (B, L, dim) per
+        modality name; predicted states hold the ``state_features`` only.
         """
+        if states is not None:
+            states = self._features(states.reshape(states.shape[0], states.shape[1], self.obs_dim))
         given = (states, returns, actions)
         batch = next(x.shape[0] for x in given if x is not None)
-        dims = (self.obs_dim, 1, self.action_dim)
+        dims = (self.state_dim, 1, self.action_dim)
         tokens = []
         for value, dim in zip(given, dims):
             padded = torch.zeros(batch, self.length, dim, device=self.device)
@@ -493,7 +516,7 @@ class MTM(Agent):
 
     @torch.no_grad()
     def forward_dynamics(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The next state s_k (B, obs) after states s_0 … s_{k−1} and actions a_0 … a_{k−1}, k < L."""
+        """The next state s_k (B, obs; the ``state_features`` only) after states s_0 … s_{k−1} and actions a_0 … a_{k−1}, k < L."""
         steps = states.shape[1]
         self._check_context("forward_dynamics", "states", steps, 1, self.length - 1)
         visible = forward_dynamics_mask(self.length, steps - 1)

@@ -53,6 +53,9 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 
+#: The robot's own features of the 39: hand xyz and gripper opening, now (0–3) and at the
+#: previous step (18–21). What an inverse-dynamics model needs (MTMConfig.state_features).
+ROBOT_FEATURES: tuple[int, ...] = (0, 1, 2, 3, 18, 19, 20, 21)
 MAX_EPISODE_STEPS = 500  # Meta-World's own limit: its env raises if stepped past it
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 DEFAULT_CAMERA = "corner2"

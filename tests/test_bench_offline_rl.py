@@ -94,3 +94,43 @@ def test_train_once_reuses_a_run_only_with_the_same_config(tmp_path, monkeypatch
     run_dir_2, _ = offline_rl.train_once(offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args))
     assert len(trained) == 2 and run_dir_2 == run_dir
     assert "eval_episodes: 2" in (run_dir / "config.yaml").read_text()
+
+    # The same config on a dataset rewritten since (MTM's labelled copy under its old name):
+    # trained again; unchanged since: reused.
+    import os
+
+    from embodied.data import dataset_path
+
+    offline_rl.train_once(offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args))
+    assert len(trained) == 2
+    later = (run_dir / "eval.csv").stat().st_mtime + 1
+    for path in dataset_path("tiny-reach").rglob("*"):
+        os.utime(path, (later, later))
+    offline_rl.train_once(offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args))
+    assert len(trained) == 3
+
+
+def test_label_with_mtm_relabels_only_after_the_labeller_changed(tmp_path, monkeypatch):
+    import os
+
+    import embodied
+    import embodied.algos.mtm as mtm
+    from embodied.data import dataset_path
+    from embodied.data.collect import collect
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    collect("metaworld/reach-v3", 2, name="tiny-reach", quality="expert", workers=1)
+    labeller = tmp_path / "labeller"
+    labeller.mkdir()
+    (labeller / "model.pt").write_text("weights")
+    calls = []
+    monkeypatch.setattr(embodied, "load", lambda path: "agent")
+    monkeypatch.setattr(mtm, "label_actions", lambda agent, episodes: calls.append(agent) or episodes)
+    offline_rl.label_with_mtm(labeller, "tiny-reach", "tiny-reach-labelled")
+    assert len(calls) == 1 and (dataset_path("tiny-reach-labelled") / "data" / "metadata.json").exists()
+    offline_rl.label_with_mtm(labeller, "tiny-reach", "tiny-reach-labelled")
+    assert len(calls) == 1  # the copy is newer than the labeller: kept
+    later = max(p.stat().st_mtime for p in dataset_path("tiny-reach-labelled").rglob("*")) + 1
+    os.utime(labeller / "model.pt", (later, later))  # the labeller retrained since
+    offline_rl.label_with_mtm(labeller, "tiny-reach", "tiny-reach-labelled")
+    assert len(calls) == 2

@@ -103,11 +103,13 @@ def score(task: str, evaluation: dict) -> float:
 
 
 def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
-    """One run, or the finished run already on disk if it ran with this very config; its
-    evaluations. A run left unfinished, or made with other settings (more evaluation
-    episodes, say), is started again in its place."""
+    """One run, or the finished run already on disk if it ran with this very config on the
+    data as it is now; its evaluations. A run left unfinished, made with other settings
+    (more evaluation episodes, say), or older than its dataset (MTM's labelled copy,
+    rewritten by a retrained labeller under the same name), is started again in its place."""
     import yaml
 
+    from embodied.data import dataset_path
     from embodied.run.config import parse
     from embodied.run.fit import run_name, train
 
@@ -116,6 +118,9 @@ def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
     eval_csv, saved = run_dir / "eval.csv", run_dir / "config.yaml"
     finished = eval_csv.exists() and str(config.train.steps) in eval_csv.read_text().splitlines()[-1].split(",")[0]
     same = saved.exists() and yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    if finished and same and config.data.name:
+        ended = eval_csv.stat().st_mtime
+        finished = all(path.stat().st_mtime <= ended for path in dataset_path(config.data.name).rglob("*"))
     if not (finished and same):
         if run_dir.exists():
             import shutil
@@ -126,11 +131,18 @@ def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
 
 
 def label_with_mtm(labeller_dir: Path, source: str, name: str) -> None:
-    """Write dataset ``name``: ``source`` with its action-free episodes labelled by the MTM
-    (again on every call: the labeller may have been retrained with other settings)."""
+    """Write dataset ``name``: ``source`` with its action-free episodes labelled by the MTM,
+    unless a copy written after the labeller's last checkpoint is there (the labeller may
+    have been retrained with other settings since an older copy)."""
     import embodied
     from embodied.algos.mtm import label_actions
+    from embodied.data import dataset_path
     from embodied.data.episodes import dataset_spaces, read_episodes, write_dataset
+
+    written = [path.stat().st_mtime for path in dataset_path(name).rglob("*") if path.is_file()]
+    trained = [path.stat().st_mtime for path in Path(labeller_dir).rglob("*") if path.is_file()]
+    if written and trained and min(written) > max(trained):
+        return
 
     episodes = label_actions(embodied.load(labeller_dir), list(read_episodes(source)))
     write_dataset(name, episodes, **dataset_spaces(source), algorithm_name="label-actions", overwrite=True,

@@ -299,8 +299,10 @@ class MTM(Agent):
         if any(not 0 <= i < self.obs_dim for i in features) or len(set(features)) != len(features):
             raise ValueError(f"state_features must be distinct indices in [0, {self.obs_dim}) of the flattened "
                              f"observation, got {list(config.state_features)}")  # fmt: skip
-        #: the observation features the model sees (None: all)
-        self.state_index = torch.tensor(features, dtype=torch.long) if features else None
+        #: the observation features the model sees (None: all); a buffer, so it moves with the
+        #: agent's device, and not saved: the config holds it
+        self.register_buffer("state_index", torch.tensor(features, dtype=torch.long) if features else None,
+                             persistent=False)  # fmt: skip
         self.state_dim = len(features) or self.obs_dim
         self.model = MaskedTrajectoryModel(
             (self.state_dim, 1, self.action_dim), self.length, config.width, config.heads,
@@ -413,7 +415,7 @@ class MTM(Agent):
 
     def _features(self, states: torch.Tensor) -> torch.Tensor:
         """The ``state_features`` of flattened observations (..., obs)."""
-        return states if self.state_index is None else states[..., self.state_index.to(states.device)]
+        return states if self.state_index is None else states[..., self.state_index]
 
     def _tokens(self, states: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor, has_actions: torch.Tensor):
         actions = torch.where(has_actions[..., None], actions, 0.0)  # NaN rows of action-free steps

@@ -104,6 +104,11 @@ def score(task: str, evaluation: dict) -> float:
     return 100.0 * (evaluation.get("eval/return", np.nan) - low) / (high - low)
 
 
+def file_times(directory: Path) -> list[float]:
+    """Modification times of the files under ``directory`` (none if it is missing)."""
+    return [path.stat().st_mtime for path in directory.rglob("*") if path.is_file()]
+
+
 def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
     """One run, or the finished run already on disk if it ran with this very config on the
     data as it is now; its evaluations. A run left unfinished, made with other settings
@@ -121,8 +126,7 @@ def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
     finished = eval_csv.exists() and str(config.train.steps) in eval_csv.read_text().splitlines()[-1].split(",")[0]
     same = saved.exists() and yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(config.to_dict()))
     if finished and same and config.data.name:
-        ended = eval_csv.stat().st_mtime
-        finished = all(path.stat().st_mtime <= ended for path in dataset_path(config.data.name).rglob("*"))
+        finished = all(written <= eval_csv.stat().st_mtime for written in file_times(dataset_path(config.data.name)))
     if not (finished and same):
         if run_dir.exists():
             import shutil
@@ -141,8 +145,7 @@ def label_with_mtm(labeller_dir: Path, source: str, name: str) -> None:
     from embodied.data import dataset_path
     from embodied.data.episodes import dataset_spaces, read_episodes, write_dataset
 
-    written = [path.stat().st_mtime for path in dataset_path(name).rglob("*") if path.is_file()]
-    trained = [path.stat().st_mtime for path in Path(labeller_dir).rglob("*") if path.is_file()]
+    written, trained = file_times(dataset_path(name)), file_times(Path(labeller_dir))
     if written and trained and min(written) > max(trained):
         return
 

@@ -1,5 +1,7 @@
 """PARL: the A-PARL hypergradient against explicit Hessians, queries, the loops and their errors."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -174,6 +176,9 @@ def test_bench_writes_its_section(tmp_path):
     bench.main(argv)
     text = out.read_text()
     assert "## (a) VLM\n\nkept" in text and "## (c) PARL on nav/open-v0" in text and "| A-PARL (bilevel hypergradient) |" in text
+    # Samples to success are whole env steps, and a lower bound when no run got there.
+    row = next(line for line in text.splitlines() if line.startswith("| A-PARL"))
+    assert re.fullmatch(r"> [\d,]+ \(none solved\)|\d+ ± \d+", row.split("|")[3].strip()), row
     assert (tmp_path / "language_parl_nav-open-v0.png").exists()
     assert (tmp_path / "language_parl_nav-open-v0.csv").exists()
     saved = sorted((tmp_path / "runs").glob("*.json"))

@@ -114,7 +114,9 @@ def write(results: list[dict], args, command: str) -> None:
         steps = [samples_to_success(r["evals"], args.threshold) for r in runs]
         solved = sum(np.isfinite(steps))
         capped = [s if np.isfinite(s) else r["evals"][-1]["env_steps"] for s, r in zip(steps, runs)]
-        lines.append(f"| {VARIANTS[variant]} | {solved}/{len(runs)} | {mean_std(capped)} | "
+        # Env steps are whole numbers; when no run got there the budget is only a lower bound.
+        reached = mean_std(capped, digits=0) if solved else f"> {int(max(capped)):,} (none solved)"
+        lines.append(f"| {VARIANTS[variant]} | {solved}/{len(runs)} | {reached} | "
                      f"{mean_std([r['evals'][-1]['success_rate'] for r in runs])} | "
                      f"{mean_std([r['evals'][-1]['return'] for r in runs])} |")  # fmt: skip
     lines += ["", f"![success rate against env steps]({plot.name})"]

@@ -240,6 +240,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from embodied.run.fit import evaluate_checkpoint
 
     summary = evaluate_checkpoint(args.checkpoint, args.episodes, seed=args.seed, video=args.video,
@@ -250,6 +252,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(line + f" over {args.episodes} episodes")
     for task, rate in summary.get("success_rate_by_task", {}).items():
         print(f"  {task}: success rate {rate:.2f}")
+    successes = summary.get("episode_successes", [])
+    if 0 < sum(successes) < len(successes):  # both kinds: does the env's reward agree with its success?
+        returns = np.array(summary["episode_returns"])
+        won = np.array(successes)
+        print(f"  return of the {won.sum()} successful episodes {returns[won].mean():.2f}, "
+              f"of the {(~won).sum()} failed ones {returns[~won].mean():.2f}")
     if args.json:
         print(json.dumps(summary))
     return 0

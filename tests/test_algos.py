@@ -198,6 +198,34 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing"), "--episodes", "1"]) == 2
 
 
+def test_eval_reports_each_episode_and_the_returns_of_successes_and_failures(tmp_path, capsys, monkeypatch):
+    import json
+
+    from embodied.cli import main
+    from embodied.run import fit
+
+    config = tmp_path / "bc.yaml"
+    config.write_text(yaml.safe_dump(small_config("bc", tmp_path).to_dict()))
+    assert main(["train", str(config), "--set", "train.steps=4", "--set", "train.checkpoint_every=4"]) == 0
+    run_dir = capsys.readouterr().out.split("run: ")[1].splitlines()[0]
+    summary = fit.evaluate_checkpoint(run_dir, 3)
+    assert len(summary["episode_returns"]) == len(summary["episode_successes"]) == 3
+    assert np.isclose(np.mean(summary["episode_returns"]), summary["return_mean"])
+    assert np.mean(summary["episode_successes"]) == summary["success_rate"]
+
+    # A reward that pays more for failing than for succeeding shows in the split.
+    made_up = {"env": "metaworld/button-press-v3", "return_mean": 600.0, "return_std": 70.0, "success_rate": 0.5,
+               "episode_returns": [540.0, 550.0, 670.0, 680.0], "episode_successes": [True, True, False, False]}  # fmt: skip
+    monkeypatch.setattr(fit, "evaluate_checkpoint", lambda *args, **kwargs: made_up)
+    assert main(["eval", run_dir, "--episodes", "4", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "return of the 2 successful episodes 545.00, of the 2 failed ones 675.00" in out
+    assert json.loads(out.strip().splitlines()[-1])["episode_successes"] == [True, True, False, False]
+    made_up["episode_successes"] = [True] * 4  # all succeeded: nothing to split
+    assert main(["eval", run_dir, "--episodes", "4"]) == 0
+    assert "successful episodes" not in capsys.readouterr().out
+
+
 def test_collect_with_a_checkpoint_policy(tmp_path, capsys):
     from embodied.cli import main
     from embodied.data import read_episodes

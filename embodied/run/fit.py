@@ -252,6 +252,10 @@ def evaluate_checkpoint(path: str | Path, episodes: int, seed: int = 0, video: s
     result = rollout(env, agent.act, episodes, seed=seed, video_episodes=1 if video else 0, video_every=5,
                      begin_episode=getattr(agent, "begin_episode", None))
     summary: dict[str, Any] = {"checkpoint": str(path), "env": config.env.id, **result.summary()}
+    # Per episode, so a reward that pays for failing shows: failed episodes returning more.
+    summary["episode_returns"] = [float(r) for r in result.returns]
+    if result.has_success:
+        summary["episode_successes"] = [bool(s) for s in result.successes]
     if video:
         summary["video"] = str(write_video(video, result.frames, fps=min(30, env.metadata.get("render_fps", 30) / 5)))
     env.close()

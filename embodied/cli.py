@@ -480,7 +480,7 @@ def cmd_prefs(args: argparse.Namespace) -> int:
 
         config = pearl.PEARLConfig(target_segments=args.segments,
                                    target_pairs=args.pairs, gw_epsilon=args.epsilon, features=args.features,
-                                   device=args.device)  # fmt: skip
+                                   fused_alpha=args.fused_alpha, device=args.device)  # fmt: skip
         source, target = load_dataset(args.source), load_dataset(args.target)
         if args.source_labels:
             labels = pearl.transfer(source, prefs.load_preferences(args.source, args.source_labels), target, config,
@@ -600,7 +600,12 @@ def _add_prefs_commands(commands) -> None:
     transfer.add_argument("--segment-len", type=int, default=50)
     transfer.add_argument("--pairs", type=int, default=2000, help="target pairs to label")
     transfer.add_argument("--epsilon", type=float, default=5e-3, help="entropic regularisation of GW")
-    transfer.add_argument("--features", choices=("state_action", "state"), default="state_action")
+    transfer.add_argument("--features", choices=("state_action", "state", "distances"), default="state_action",
+                          help="what segments are compared by; distances: Meta-World's hand-object and "
+                          "object-goal distances per step")  # fmt: skip
+    transfer.add_argument("--fused-alpha", type=float, default=1.0, metavar="ALPHA",
+                          help="fused GW: weight of the structure term, 1 - ALPHA on the source-target feature "
+                          "cost (default 1: plain GW, the paper's)")  # fmt: skip
     transfer.add_argument("--device", default="cpu", help="cuda: POT's torch backend on the GPU")
     transfer.add_argument("--name", help="label set name on the target (default pearl-from-SOURCE)")
     transfer.add_argument("--seed", type=int, default=0)

@@ -49,6 +49,22 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
     text = out.read_text()
     assert "| source task | ε = 0.005 | ε = 0.05 |" in text and "| push-v3 |" in text
 
+    # PEARL by Meta-World's distances with fused GW: the settings name the rows, a policy
+    # variant trains on its labels, and the survey gets the label-free rule beside it.
+    preferences.main([*common, "--teachers", "--variants", "--transfer-sources", "push-v3", "--gw-epsilons", "0.005",
+                      "--pearl-features", "distances", "--fused-alpha", "0.5", "--merge"])  # fmt: skip
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    tagged = "push-v3 by distances, fused α=0.5"
+    assert {r["variant"] for r in rows if r["part"] == "t"} == {
+        "push-v3 ε=0.005", "push-v3 ε=0.05", f"{tagged} ε=0.005", preferences.DISTANCE_RULE}
+    policy = next(r for r in rows if r["variant"] == f"pearl from {tagged}")
+    assert 0.0 <= float(policy["label_agreement"]) <= 1.0 and policy["success_rate"] != ""
+    text = out.read_text()
+    assert f"| {tagged} |" in text and f"| pearl from {tagged} |" in text and "| pearl from push-v3 |" in text
+    assert f"Without any source: {preferences.DISTANCE_RULE}" in text
+    assert not any(line.startswith(f"| {preferences.DISTANCE_RULE}") for line in text.splitlines())
+
 
 def test_unknown_variant_is_refused(capsys):
     import pytest

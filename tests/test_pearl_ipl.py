@@ -231,6 +231,48 @@ def test_transfer_to_the_same_task_in_disguise_recovers_the_targets_preferences(
     assert agreement(transferred([rng.normal(size=len(e)) for e in source_episodes]), truth) < 0.7
 
 
+def test_fused_gw_takes_the_orientation_that_plain_gw_cannot_tell_from_its_mirror():
+    # Points on a line: the geometry of x and of 1 - x is the same, so GW alone has two
+    # optimal couplings, the identity and the reversal. A feature cost that compares the
+    # two sides point by point picks one.
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(0, 1, 60))[:, None]
+    y = x[rng.permutation(60)]
+    cost = pearl.distance_matrix(x)
+    np.testing.assert_allclose(cost, pearl.distance_matrix(1 - x), atol=1e-12)
+
+    def image(coupling):  # where the coupling sends each source point, on average
+        return (coupling @ y[:, 0]) / coupling.sum(1)
+
+    same = pearl.gromov_wasserstein(cost, pearl.distance_matrix(y), 2e-3, feature_cost=pearl.cross_distances(x, y),
+                                    alpha=0.5)  # fmt: skip
+    assert np.corrcoef(image(same), x[:, 0])[0, 1] > 0.95
+    mirrored = pearl.gromov_wasserstein(cost, pearl.distance_matrix(y), 2e-3,
+                                        feature_cost=pearl.cross_distances(x, 1 - y), alpha=0.5)  # fmt: skip
+    assert np.corrcoef(image(mirrored), x[:, 0])[0, 1] < -0.95
+    np.testing.assert_allclose(same.sum(1), 1 / 60, rtol=1e-3)
+    # alpha = 1 (or no feature cost) is plain GW.
+    np.testing.assert_array_equal(
+        pearl.gromov_wasserstein(cost, cost, 2e-3, feature_cost=pearl.cross_distances(x, x), alpha=1.0),
+        pearl.gromov_wasserstein(cost, cost, 2e-3),
+    )
+
+
+def test_task_distances_are_hand_to_object_and_object_to_goal_in_metres():
+    from embodied.envs.metaworld import task_distances
+
+    obs = np.zeros((2, 5, 39), np.float32)
+    obs[..., 0:3] = [0.0, 0.6, 0.2]  # hand
+    obs[..., 4:7] = [0.3, 0.6, 0.2]  # object: 0.3 m along x
+    obs[..., 36:39] = [0.3, 0.6, 0.6]  # goal: 0.4 m above the object
+    obs[1, :, 18:22] = 9.0  # the previous step's features play no part
+    expected = np.broadcast_to([0.3, 0.4], (2, 5, 2))
+    np.testing.assert_allclose(task_distances(obs), expected, atol=1e-6)
+    np.testing.assert_allclose(task_distances(torch.from_numpy(obs)).numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="39 observation features, got 4"):
+        task_distances(np.zeros((3, 4)))
+
+
 def test_transfer_from_a_label_set(disguised_task):
     source_episodes, source, target, _, _ = disguised_task
     scores = StepScores([e.rewards for e in source_episodes], None)
@@ -300,9 +342,17 @@ def test_transfer_argument_errors():
     with pytest.raises(ValueError, match=r"source labels must be \(3, 3\), got \(2, 2\)"):
         pearl.transfer(source, np.full((2, 2), 0.5), target, source_segments=(episodes, starts), segment_len=5)
     small = pearl.PEARLConfig(target_segments=10, target_pairs=20)
-    with pytest.raises(ValueError, match="features must be 'state_action' or 'state', got 'bogus'"):
+    with pytest.raises(ValueError, match="features must be one of state_action, state, distances, got 'bogus'"):
         pearl.transfer(source, dense, target, pearl.PEARLConfig(features="bogus"),
                        source_segments=(episodes, starts), segment_len=5)  # fmt: skip
+    with pytest.raises(ValueError, match=r"fused_alpha must be in \[0, 1\] \(1: plain GW\), got 1.5"):
+        pearl.transfer(source, dense, target, pearl.PEARLConfig(fused_alpha=1.5), source_segments=(episodes, starts),
+                       segment_len=5)  # fmt: skip
+    with pytest.raises(ValueError, match="task_distances takes Meta-World's 39 observation features, got 3"):
+        pearl.transfer(source, dense, target, pearl.PEARLConfig(features="distances"),
+                       source_segments=(episodes, starts), segment_len=5)  # fmt: skip
+    with pytest.raises(ValueError, match="feature by feature, but they have 4 and 6 features"):
+        pearl.cross_distances(np.zeros((3, 4)), np.zeros((2, 6)))
     action_free = Dataset(strip_actions(walk_episodes(count=4), fraction=0.75, seed=0), name="semi")
     with pytest.raises(ValueError, match="semi: segments without actions; use features='state'"):
         pearl.transfer(action_free, dense, target, small, source_segments=(episodes, starts), segment_len=5)
@@ -506,6 +556,23 @@ def ipl_run_config(tmp_path, preferences):
         "train": {"steps": 20, "batch_size": 16, "eval_every": 0, "eval_episodes": 1, "log_every": 10,
                   "checkpoint_every": 10, "run_dir": str(tmp_path / "runs"), "progress": False},
     })  # fmt: skip
+
+
+def test_prefs_transfer_by_meta_world_distances_and_fused_gw(reach_dataset, capsys):
+    code, out, _ = run_cli(capsys, "transfer", "--source", reach_dataset, "--target", reach_dataset, "--segments",
+                           "12", "--segment-len", "5", "--pairs", "30", "--features", "distances", "--fused-alpha",
+                           "0.5", "--name", "by-distances")  # fmt: skip
+    assert code == 0, out
+    labels = load_preferences(reach_dataset, "by-distances")
+    assert labels.info["config"]["features"] == "distances" and labels.info["config"]["fused_alpha"] == 0.5
+    assert np.all((labels.preference >= 0) & (labels.preference <= 1)) and "transferred" in out
+    segments = pearl.segment_features(load_dataset(reach_dataset), labels.episodes[:, 0], labels.starts[:, 0], 5,
+                                      "distances")  # fmt: skip
+    assert segments.shape == (len(labels), 10) and np.all(segments >= 0) and segments.max() < 2.0  # metres
+    code, _, err = run_cli(capsys, "transfer", "--source", reach_dataset, "--target", reach_dataset, "--segments",
+                           "12", "--segment-len", "5", "--fused-alpha", "-1")  # fmt: skip
+    assert code == 2 and "fused_alpha must be in [0, 1]" in err and list_preferences(reach_dataset) == [
+        "by-distances", "oracle"]
 
 
 def test_ipl_trains_from_a_label_set_named_in_the_config(reach_dataset, tmp_path):

@@ -67,6 +67,8 @@ STATE_ONLY = " r(s)"
 #: variant's queries labelled by that teacher, learned by PEARL's Gaussian reward model, to
 #: hold PEARL's transferred labels against the target's own labels at a like agreement.
 NOISY = "scripted "
+#: The survey row of :func:`distance_rule_labels`.
+DISTANCE_RULE = "label-free rule on distances"
 
 
 def noisy_teacher(variant: str) -> str | None:
@@ -113,8 +115,34 @@ def scripted_labels(target: str, args, seed: int, teacher: str = "oracle"):
     return label_dataset(target, teacher, args.labels, args.segment_len, seed=seed)
 
 
-def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | None = None):
-    """The target's label set of a variant (and how it was made)."""
+def pearl_tag(features: str, fused_alpha: float) -> str:
+    """What a PEARL variant's name adds for settings other than the paper's."""
+    tag = "" if features == "state_action" else f" by {features}"
+    return tag + (f", fused α={fused_alpha:g}" if fused_alpha < 1.0 else "")
+
+
+def distance_rule_labels(target: str, args, seed: int):
+    """The label-free baseline of PEARL's distances: of two target segments (those PEARL
+    labels, the same seed), prefer the one whose hand is nearer its object and object
+    nearer its goal on average (Meta-World's shaped rewards are built from these)."""
+    from embodied.algos import pearl
+    from embodied.data import load_dataset
+    from embodied.data.preferences import Preferences
+
+    dataset = load_dataset(target)
+    config = pearl.PEARLConfig(target_segments=args.segments, target_pairs=args.pairs)
+    episodes, starts, pairs = pearl.target_queries(dataset, config, args.segment_len, seed)
+    distances = pearl.segment_features(dataset, episodes, starts, args.segment_len, "distances")
+    nearness = -distances.mean(1)  # the mean over steps of both distances, negated
+    preference = (nearness[pairs[:, 0]] > nearness[pairs[:, 1]]).astype(np.float32)
+    return Preferences(target, args.segment_len, episodes[pairs], starts[pairs], preference,
+                       info={"method": "distance rule"})  # fmt: skip
+
+
+def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | None = None, source: str = "",
+                pearl_settings: dict | None = None):  # fmt: skip
+    """The target's label set of a variant (and how it was made); a PEARL variant's from
+    ``source`` with ``pearl_settings`` (PEARLConfig fields)."""
     from embodied.algos import pearl
     from embodied.data import load_dataset
     from embodied.data.preferences import Preferences, StepScores, sample_queries
@@ -130,11 +158,11 @@ def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | 
         coin = np.random.default_rng([seed, 7]).integers(0, 2, len(labels)).astype(np.float32)
         return Preferences(labels.dataset, labels.segment_len, labels.episodes, labels.starts, coin,
                            info={"teacher": "random"})  # fmt: skip
-    source = dataset_name(variant.removeprefix("pearl from "), args.quality)
+    source = dataset_name(source or variant.removeprefix("pearl from "), args.quality)
     episodes, starts = sample_queries(load_dataset(source).episode_lengths, args.segments, args.segment_len, 1, seed)
     matrix = pearl.teacher_matrix(ScriptedTeacher(), StepScores.read(source), episodes[:, 0], starts[:, 0],
                                   args.segment_len, seed=seed)  # fmt: skip
-    config = pearl.PEARLConfig(target_segments=args.segments, target_pairs=args.pairs)
+    config = pearl.PEARLConfig(target_segments=args.segments, target_pairs=args.pairs, **(pearl_settings or {}))
     if gw_epsilon is not None:
         config.gw_epsilon = gw_epsilon
     return pearl.transfer(load_dataset(source), matrix, load_dataset(target), config, seed=seed,
@@ -173,14 +201,17 @@ def run_trial(trial: dict) -> dict:
         run_dir, evals = train_once(config)
         return out | {"evals": evals, "run_dir": str(run_dir)}
     survey = trial["part"] == "t"  # the transferred labels' agreement only
-    labels = make_labels(f"pearl from {trial['source']}" if survey else variant, target, args, seed,
-                         gw_epsilon=trial.get("gw_epsilon"))  # fmt: skip
+    if variant == DISTANCE_RULE:
+        labels = distance_rule_labels(target, args, seed)
+    else:
+        labels = make_labels(variant, target, args, seed, gw_epsilon=trial.get("gw_epsilon"),
+                             source=trial.get("source", ""), pearl_settings=trial.get("pearl"))  # fmt: skip
     out["label_agreement"] = agreement(labels, StepScores.read(target))
     out["gw_seconds"] = labels.info.get("gw_seconds", float("nan"))
     if survey:
         return out
-    slug = variant.replace(STATE_ONLY, "-state").replace(" ", "-").replace("=", "")
-    for greek, latin in (("ε", "eps"), ("β", "beta"), ("γ", "gamma")):  # dataset names are ASCII
+    slug = variant.replace(STATE_ONLY, "-state").replace(",", "").replace(" ", "-").replace("=", "")
+    for greek, latin in (("ε", "eps"), ("β", "beta"), ("γ", "gamma"), ("α", "alpha")):  # dataset names are ASCII
         slug = slug.replace(greek, latin)
     relabelled = f"{target}-rm-{slug}-seed{seed}"
     dataset = load_dataset(target)
@@ -196,16 +227,22 @@ def run_trial(trial: dict) -> dict:
 def make_trials(args) -> list[dict]:
     trials = [{"part": "a", "variant": teacher, "seed": seed, "args": args}
               for teacher in args.teachers for seed in args.seeds]  # fmt: skip
-    variants = [v for v in VARIANTS if v in args.variants] + [v for v in args.variants if noisy_teacher(v)] \
-        + [f"pearl from {s}" for s in args.sources]
+    settings = {"features": args.pearl_features, "fused_alpha": args.fused_alpha}
+    tag = pearl_tag(**settings)
+    variants = [v for v in VARIANTS if v in args.variants] + [v for v in args.variants if noisy_teacher(v)]
+    pearls = {f"pearl from {s}{tag}": s for s in args.sources}
     if args.state_reward:  # only the reward-model variants change
         variants = [v if v in ("true reward", "ipl") else f"{v}{STATE_ONLY}" for v in variants]
-    survey = [{"part": "t", "variant": transfer_variant(source, eps), "source": source, "gw_epsilon": eps,
-               "seed": seed, "args": args}
+        pearls = {f"{v}{STATE_ONLY}": s for v, s in pearls.items()}
+    survey = [{"part": "t", "variant": transfer_variant(f"{source}{tag}", eps), "source": source, "gw_epsilon": eps,
+               "pearl": settings, "seed": seed, "args": args}
               for source in args.transfer_sources for eps in args.gw_epsilons for seed in args.seeds]  # fmt: skip
+    if args.transfer_sources and args.pearl_features == "distances":  # its label-free baseline
+        survey += [{"part": "t", "variant": DISTANCE_RULE, "seed": seed, "args": args} for seed in args.seeds]
     # Policy trials first (the long ones), so the two workers stay busy to the end.
-    return [{"part": "b", "variant": v, "seed": seed, "args": args} for seed in args.seeds for v in variants] + trials \
-        + survey
+    return [{"part": "b", "variant": v, "seed": seed, "args": args} for seed in args.seeds for v in variants] \
+        + [{"part": "b", "variant": v, "source": s, "pearl": settings, "seed": seed, "args": args}
+           for seed in args.seeds for v, s in pearls.items()] + trials + survey
 
 
 def transfer_variant(source: str, gw_epsilon: float) -> str:
@@ -233,6 +270,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="survey: source tasks whose transferred labels' agreement is measured (no policy)")
     parser.add_argument("--gw-epsilons", nargs="+", type=float, default=[5e-3],
                         help="survey: entropic GW regularisations to try (part (b) uses PEARLConfig's)")
+    parser.add_argument("--pearl-features", default="state_action", choices=("state_action", "state", "distances"),
+                        help="PEARLConfig.features of this invocation's PEARL variants and survey rows")
+    parser.add_argument("--fused-alpha", type=float, default=1.0,
+                        help="PEARLConfig.fused_alpha of this invocation's PEARL variants and survey rows (1: GW)")
     parser.add_argument("--teachers", nargs="*", default=list(TEACHERS), help="part (a) teachers")
     parser.add_argument("--variants", nargs="*", default=VARIANTS, help="part (b)/(c) baselines to run")
     parser.add_argument("--state-reward", action="store_true",
@@ -371,7 +412,9 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
         "labelled by teacher T of (a), learned by PEARL's Gaussian reward model (the target's own labels at an "
         "agreement like PEARL's). Label agreement: the variant's target labels "
         "against the target's true reward; reward-model accuracy as in (a). r(s): the same "
-        "variant with a reward model of the state alone (`--state-reward`).",
+        "variant with a reward model of the state alone (`--state-reward`). by distances: PEARL compares "
+        "segments by Meta-World's hand–object and object–goal distances instead of states and actions "
+        "(`--pearl-features`); fused α: fused GW with that weight on the structure (`--fused-alpha`).",
         "",
         "| variant | label agreement | reward-model accuracy | success rate |",
         "|---|---:|---:|---:|",
@@ -382,7 +425,8 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
             lines.append(f"| {variant} | {mean_std([r.get('label_agreement', np.nan) for r in rows])} | "
                          f"{mean_std([r.get('accuracy', np.nan) for r in rows])} | "
                          f"{mean_std([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} |")  # fmt: skip
-    survey = [r for r in results if r["part"] == "t"]
+    survey = [r for r in results if r["part"] == "t" and r["variant"] != DISTANCE_RULE]
+    rule = [r["label_agreement"] for r in results if r["part"] == "t" and r["variant"] == DISTANCE_RULE]
     if survey:
         keyed = [(*r["variant"].rsplit(" ε=", 1), r) for r in survey]
         sources = list(dict.fromkeys(source for source, _, _ in keyed))
@@ -403,6 +447,10 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
             cells = [mean_std([r["label_agreement"] for s, e, r in keyed if s == source and e == eps])
                      for eps in epsilons]  # fmt: skip
             lines.append(f"| {source} | " + " | ".join(cells) + " |")
+        if rule:
+            lines += ["", f"Without any source: {DISTANCE_RULE} (of two target segments, the one whose hand is "
+                      f"nearer its object and object nearer its goal on average), on the same target pairs: "
+                      f"{mean_std(rule)}."]  # fmt: skip
     lines += ["", f"GW transport of {args.segments} × {args.segments} segments "
               f"({args.segment_len} steps × 43 features each): "
               + ", ".join(f"{device} {seconds:.1f} s" for device, seconds in gw_time.items())

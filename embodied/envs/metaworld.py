@@ -56,6 +56,24 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
 #: The robot's own features of the 39: hand xyz and gripper opening, now (0–3) and at the
 #: previous step (18–21). What an inverse-dynamics model needs (MTMConfig.state_features).
 ROBOT_FEATURES: tuple[int, ...] = (0, 1, 2, 3, 18, 19, 20, 21)
+#: Where the hand, the first object and the goal sit in the 39 features (the goal: zeros
+#: when an env hides it).
+HAND, OBJECT, GOAL = slice(0, 3), slice(4, 7), slice(36, 39)
+
+
+def task_distances(observations):
+    """Per step, the hand's distance to the first object and the object's to the goal, in
+    metres: (..., 39) -> (..., 2), for NumPy arrays or torch tensors. Every Meta-World task
+    is moving the hand to an object and the object to a goal, so these mean the same in
+    any two tasks (PEARL's ``features="distances"`` compares segments of two tasks by them)."""
+    if observations.shape[-1] != 39:
+        raise ValueError(f"task_distances takes Meta-World's 39 observation features, got {observations.shape[-1]}")
+    hand, item, goal = observations[..., HAND], observations[..., OBJECT], observations[..., GOAL]
+    if isinstance(observations, np.ndarray):
+        return np.stack([np.linalg.norm(hand - item, axis=-1), np.linalg.norm(item - goal, axis=-1)], -1)
+    import torch
+
+    return torch.stack([(hand - item).norm(dim=-1), (item - goal).norm(dim=-1)], -1)
 MAX_EPISODE_STEPS = 500  # Meta-World's own limit: its env raises if stepped past it
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 DEFAULT_CAMERA = "corner2"

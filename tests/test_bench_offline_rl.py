@@ -62,9 +62,12 @@ def test_action_free_pipeline_and_merge(tmp_path, monkeypatch):
     row = next(line for line in out.read_text().splitlines() if line.startswith("| reach-v3 | mixed |") and "±" in line)
     shutil.rmtree(dataset_path("metaworld-reach-mixed"))
     results, commands = offline_rl.read_earlier(out)
+    assert "What the rows show" not in out.read_text()
+    monkeypatch.setitem(offline_rl.FINDINGS, ("reach-v3", "mixed"), "what reach mixed needs said")
     offline_rl.write(results, written[-1], commands)
     again = next(line for line in out.read_text().splitlines() if line.startswith("| reach-v3 | mixed |") and "±" in line)
     assert again.split("|")[3] == row.split("|")[3] and "nan" not in again.split("|")[3]
+    assert "What the rows show:\n\n- what reach mixed needs said\n" in out.read_text()  # a finding of a panel shown
 
 
 def test_action_free_column_needs_the_fraction(capsys):

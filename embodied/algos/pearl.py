@@ -48,9 +48,9 @@ class PEARLConfig:
     # metres (embodied.envs.metaworld.task_distances), which mean the same in every task.
     # Into drawer-open medium from 1000 segments of button-press / push medium (3 seeds),
     # transferred labels agreed with the true reward 0.66 / 0.51 by state–action segments
-    # and 0.83–0.87 / 0.85–0.87 by distances; a label-free rule on the same distances
+    # and 0.83–0.87 / 0.82–0.88 by distances. But a label-free rule on the same distances
     # (prefer the segment whose hand is nearer its object and object nearer its goal)
-    # agrees 0.87–0.89 (results/preferences.md).
+    # agrees 0.87–0.89: Meta-World's rewards are built from them (results/preferences.md).
     features: str = "state_action"
     # Our addition: weight of GW's structure term in fused GW (Vayer et al. 2019), 1 - alpha
     # on a feature cost between source and target segments, for features that mean the same

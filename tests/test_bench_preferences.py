@@ -65,6 +65,20 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
     assert f"Without any source: {preferences.DISTANCE_RULE}" in text
     assert not any(line.startswith(f"| {preferences.DISTANCE_RULE}") for line in text.splitlines())
 
+    # IPL straight from the transferred labels, and from the rule's, in place of reward model + IQL.
+    preferences.main([*common, "--teachers", "--variants", "--pearl-features", "distances", "--fused-alpha", "0.5",
+                      "--ipl-on-transfer", "--merge"])  # fmt: skip
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        rows = {r["variant"]: r for r in csv.DictReader(handle) if r["part"] == "b"}
+    for variant in (f"ipl on pearl from {tagged}", f"ipl on {preferences.DISTANCE_RULE}"):
+        assert 0.0 <= float(rows[variant]["label_agreement"]) <= 1.0 and rows[variant]["success_rate"] != ""
+        assert rows[variant]["accuracy"] == ""  # no reward model
+        assert f"| {variant} |" in out.read_text()
+    from embodied.data.preferences import list_preferences
+
+    assert "bench-ipl-on-pearl-from-push-v3-by-distances-fused-alpha0.5-seed0" in list_preferences(
+        "metaworld-reach-mixed")
+
 
 def test_unknown_variant_is_refused(capsys):
     import pytest

@@ -69,6 +69,9 @@ STATE_ONLY = " r(s)"
 NOISY = "scripted "
 #: The survey row of :func:`distance_rule_labels`.
 DISTANCE_RULE = "label-free rule on distances"
+#: Prefix of the variants where IPL learns from PEARL's transferred labels (or the distance
+#: rule's) in place of a Gaussian reward model and IQL (``--ipl-on-transfer``).
+IPL_ON = "ipl on "
 
 
 def noisy_teacher(variant: str) -> str | None:
@@ -201,18 +204,23 @@ def run_trial(trial: dict) -> dict:
         run_dir, evals = train_once(config)
         return out | {"evals": evals, "run_dir": str(run_dir)}
     survey = trial["part"] == "t"  # the transferred labels' agreement only
-    if variant == DISTANCE_RULE:
+    labelled = variant.removeprefix(IPL_ON)  # the labels an "ipl on ..." variant learns from
+    if labelled == DISTANCE_RULE:
         labels = distance_rule_labels(target, args, seed)
     else:
-        labels = make_labels(variant, target, args, seed, gw_epsilon=trial.get("gw_epsilon"),
+        labels = make_labels(labelled, target, args, seed, gw_epsilon=trial.get("gw_epsilon"),
                              source=trial.get("source", ""), pearl_settings=trial.get("pearl"))  # fmt: skip
     out["label_agreement"] = agreement(labels, StepScores.read(target))
     out["gw_seconds"] = labels.info.get("gw_seconds", float("nan"))
     if survey:
         return out
-    slug = variant.replace(STATE_ONLY, "-state").replace(",", "").replace(" ", "-").replace("=", "")
-    for greek, latin in (("ε", "eps"), ("β", "beta"), ("γ", "gamma"), ("α", "alpha")):  # dataset names are ASCII
-        slug = slug.replace(greek, latin)
+    slug = ascii_slug(variant)
+    if variant.startswith(IPL_ON):  # IPL straight from these labels, no reward model
+        save_preferences(labels, f"bench-{slug}-seed{seed}", overwrite=True)
+        config = policy_config("ipl", target, seed, args, f"ipl-{target}-{slug}-seed{seed}",
+                               preferences=f"bench-{slug}-seed{seed}")  # fmt: skip
+        run_dir, evals = train_once(config)
+        return out | {"evals": evals, "run_dir": str(run_dir)}
     relabelled = f"{target}-rm-{slug}-seed{seed}"
     dataset = load_dataset(target)
     config = reward_model_config(args, gaussian=variant.startswith("pearl") or noisy_teacher(variant) is not None,
@@ -222,6 +230,14 @@ def run_trial(trial: dict) -> dict:
     relabel_dataset(target, model, relabelled, overwrite=True)
     run_dir, evals = train_once(policy_config("iql", relabelled, seed, args, f"iql-{relabelled}"))
     return out | {"evals": evals, "run_dir": str(run_dir)}
+
+
+def ascii_slug(variant: str) -> str:
+    """A variant's name as a dataset or label-set name (ASCII, no spaces)."""
+    slug = variant.replace(STATE_ONLY, "-state").replace(",", "").replace(" ", "-").replace("=", "")
+    for greek, latin in (("ε", "eps"), ("β", "beta"), ("γ", "gamma"), ("α", "alpha")):
+        slug = slug.replace(greek, latin)
+    return slug
 
 
 def make_trials(args) -> list[dict]:
@@ -234,6 +250,10 @@ def make_trials(args) -> list[dict]:
     if args.state_reward:  # only the reward-model variants change
         variants = [v if v in ("true reward", "ipl") else f"{v}{STATE_ONLY}" for v in variants]
         pearls = {f"{v}{STATE_ONLY}": s for v, s in pearls.items()}
+    if args.ipl_on_transfer:  # IPL on the transferred labels (and on the distance rule's) instead
+        pearls = {f"{IPL_ON}{v}": s for v, s in pearls.items()}
+        if args.pearl_features == "distances":
+            variants.append(f"{IPL_ON}{DISTANCE_RULE}")
     survey = [{"part": "t", "variant": transfer_variant(f"{source}{tag}", eps), "source": source, "gw_epsilon": eps,
                "pearl": settings, "seed": seed, "args": args}
               for source in args.transfer_sources for eps in args.gw_epsilons for seed in args.seeds]  # fmt: skip
@@ -274,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="PEARLConfig.features of this invocation's PEARL variants and survey rows")
     parser.add_argument("--fused-alpha", type=float, default=1.0,
                         help="PEARLConfig.fused_alpha of this invocation's PEARL variants and survey rows (1: GW)")
+    parser.add_argument("--ipl-on-transfer", action="store_true",
+                        help="IPL learns from the --sources' transferred labels (and, by distances, from the "
+                        "label-free rule's) instead of a reward model + IQL (variants named 'ipl on ...')")
     parser.add_argument("--teachers", nargs="*", default=list(TEACHERS), help="part (a) teachers")
     parser.add_argument("--variants", nargs="*", default=VARIANTS, help="part (b)/(c) baselines to run")
     parser.add_argument("--state-reward", action="store_true",
@@ -399,7 +422,7 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
     ran = {r["variant"] for r in part_b}
     order = VARIANTS + [f"{v}{STATE_ONLY}" for v in VARIANTS]
     variants = [v for v in order if v in ran] + sorted(v for v in ran if noisy_teacher(v)) \
-        + sorted(v for v in ran if v.startswith("pearl"))
+        + sorted(v for v in ran if v.startswith("pearl")) + sorted(v for v in ran if v.startswith(IPL_ON))
     lines += [
         "",
         f"## (b, c) IQL on learned rewards, PEARL, and IPL on `{target}`",
@@ -414,7 +437,8 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
         "against the target's true reward; reward-model accuracy as in (a). r(s): the same "
         "variant with a reward model of the state alone (`--state-reward`). by distances: PEARL compares "
         "segments by Meta-World's hand–object and object–goal distances instead of states and actions "
-        "(`--pearl-features`); fused α: fused GW with that weight on the structure (`--fused-alpha`).",
+        "(`--pearl-features`); fused α: fused GW with that weight on the structure (`--fused-alpha`). ipl on X: IPL "
+        "learns from X's target labels, with no reward model (`--ipl-on-transfer`).",
         "",
         "| variant | label agreement | reward-model accuracy | success rate |",
         "|---|---:|---:|---:|",

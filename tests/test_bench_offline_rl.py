@@ -107,6 +107,21 @@ def test_train_once_reuses_a_run_only_with_the_same_config(tmp_path, monkeypatch
     offline_rl.train_once(offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args))
     assert len(trained) == 2
     later = (run_dir / "eval.csv").stat().st_mtime + 1
+    # A label set stored beside the dataset since is not this run's input: still reused.
+    from embodied.data.preferences import save_preferences
+    from embodied.rewards.teachers import ScriptedTeacher, label_dataset
+
+    save_preferences(label_dataset("tiny-reach", ScriptedTeacher(), 4, segment_len=5), "other")
+    os.utime(dataset_path("tiny-reach") / "preferences" / "other.npz", (later, later))
+    offline_rl.train_once(offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args))
+    assert len(trained) == 2
+    # It is the input of a run that learns from it.
+    from embodied.run.config import parse
+
+    with_labels = offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args)
+    with_labels["data"]["preferences"] = "other"
+    assert later in offline_rl.input_times(parse(with_labels))
+    assert later not in offline_rl.input_times(parse(offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args)))
     for path in dataset_path("tiny-reach").rglob("*"):
         os.utime(path, (later, later))
     offline_rl.train_once(offline_rl.trial_config("reach-v3", "bc", 0, "tiny-reach", args))

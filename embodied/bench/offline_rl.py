@@ -137,6 +137,19 @@ def file_times(directory: Path) -> list[float]:
     return [path.stat().st_mtime for path in directory.rglob("*") if path.is_file()]
 
 
+def input_times(config) -> list[float]:
+    """Modification times of what a run reads: its dataset's files and its own label set
+    (``data.preferences``). Other label sets stored beside the dataset are not its input:
+    writing one must not send every finished run on the dataset back to training."""
+    from embodied.data import dataset_path
+
+    root = dataset_path(config.data.name)
+    labels = root / "preferences"
+    own = labels / f"{config.data.preferences}.npz" if config.data.preferences else None
+    return [path.stat().st_mtime for path in root.rglob("*")
+            if path.is_file() and (path.parent != labels or path == own)]  # fmt: skip
+
+
 def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
     """One run, or the finished run already on disk if it ran with this very config on the
     data as it is now; its evaluations. A run left unfinished, made with other settings
@@ -144,7 +157,6 @@ def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
     rewritten by a retrained labeller under the same name), is started again in its place."""
     import yaml
 
-    from embodied.data import dataset_path
     from embodied.run.config import parse
     from embodied.run.fit import run_name, train
 
@@ -154,7 +166,7 @@ def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
     finished = eval_csv.exists() and str(config.train.steps) in eval_csv.read_text().splitlines()[-1].split(",")[0]
     same = saved.exists() and yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(config.to_dict()))
     if finished and same and config.data.name:
-        finished = all(written <= eval_csv.stat().st_mtime for written in file_times(dataset_path(config.data.name)))
+        finished = all(written <= eval_csv.stat().st_mtime for written in input_times(config))
     if not (finished and same):
         if run_dir.exists():
             import shutil

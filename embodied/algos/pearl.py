@@ -61,6 +61,9 @@ class PEARLConfig:
     device: str = "cpu"  # "cuda": solve GW with POT's torch backend on the GPU
 
 
+FEATURES = ("state_action", "state", "distances")  # what PEARLConfig.features may name
+
+
 def segment_features(dataset, episodes: np.ndarray, starts: np.ndarray, segment_len: int, features: str) -> np.ndarray:
     """Flattened segments (n, L·d): what distances are taken over. States and actions are
     standardised per feature; "distances" stay in metres, comparable between tasks."""
@@ -83,15 +86,10 @@ def segment_features(dataset, episodes: np.ndarray, starts: np.ndarray, segment_
     return x.reshape(len(x), -1).cpu().numpy()
 
 
-FEATURES = ("state_action", "state", "distances")
-
-
 def distance_matrix(features: np.ndarray) -> np.ndarray:
     """Euclidean distances between rows, scaled to a maximum of 1 (so ε means the same
     for any task)."""
-    squared = (features**2).sum(1)
-    distances = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * features @ features.T, 0.0))
-    return distances / max(distances.max(), 1e-12)
+    return cross_distances(features, features)
 
 
 def cross_distances(source: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -59,6 +59,13 @@ ROBOT_FEATURES: tuple[int, ...] = (0, 1, 2, 3, 18, 19, 20, 21)
 #: Where the hand, the first object and the goal sit in the 39 features (the goal: zeros
 #: when an env hides it).
 HAND, OBJECT, GOAL = slice(0, 3), slice(4, 7), slice(36, 39)
+MAX_EPISODE_STEPS = 500  # Meta-World's own limit: its env raises if stepped past it
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+DEFAULT_CAMERA = "corner2"
+SUITE_OPTIONS: dict[str, Any] = {"goal_observable": True}
+
+# Meta-World's corner cameras render upside down (the MuJoCo frame is flipped).
+_FLIPPED_CAMERAS = {"corner", "corner2", "corner3", "corner4", "topview"}
 
 
 def task_distances(observations):
@@ -74,13 +81,6 @@ def task_distances(observations):
     import torch
 
     return torch.stack([(hand - item).norm(dim=-1), (item - goal).norm(dim=-1)], -1)
-MAX_EPISODE_STEPS = 500  # Meta-World's own limit: its env raises if stepped past it
-CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
-DEFAULT_CAMERA = "corner2"
-SUITE_OPTIONS: dict[str, Any] = {"goal_observable": True}
-
-# Meta-World's corner cameras render upside down (the MuJoCo frame is flipped).
-_FLIPPED_CAMERAS = {"corner", "corner2", "corner3", "corner4", "topview"}
 
 
 class MetaWorldEnv(gym.Env):

@@ -79,6 +79,40 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
     assert "bench-ipl-on-pearl-from-push-v3-by-distances-fused-alpha0.5-seed0" in list_preferences(
         "metaworld-reach-mixed")
 
+    # IQL reads the reward models' rewards as they are; scaled like the env's, the rows are apart.
+    import yaml
+
+    preferences.main([*common, "--teachers", "--variants", "scripted", "--sources", "--iql-reward-scale", "returns",
+                      "--merge"])  # fmt: skip
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        rows = {r["variant"]: r for r in csv.DictReader(handle) if r["part"] == "b"}
+    assert rows["scripted (r scaled)"]["success_rate"] != "" and "pearl from push-v3" in rows
+    assert "| scripted (r scaled) |" in out.read_text()
+
+    def reward_scale(run: str) -> str:
+        return yaml.safe_load((tmp_path / "runs" / run / "config.yaml").read_text())["algo"]["reward_scale"]
+
+    assert reward_scale("iql-metaworld-reach-mixed-rm-scripted-r-scaled-seed0") == "returns"
+    assert reward_scale("iql-metaworld-reach-mixed-rm-pearl-from-push-v3-seed0") == "auto"
+    from embodied.data import load_dataset
+
+    assert load_dataset("metaworld-reach-mixed-rm-scripted-r-scaled-seed0").learned_rewards
+
+    # (c) at another number of labels: IPL and reward model + IQL on the same 10 labels.
+    # The label-free distance rule's labels → Gaussian reward model → IQL rides along.
+    preferences.main([*common, "--teachers", "--variants", "scripted", preferences.DISTANCE_RULE, "--sources",
+                      "--label-sweep", "10", "--merge"])  # fmt: skip
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        rows = {r["variant"]: r for r in csv.DictReader(handle) if r["part"] == "b"}
+    rule = rows[preferences.DISTANCE_RULE]
+    assert 0.0 <= float(rule["accuracy"]) <= 1.0 and rule["success_rate"] != ""
+    assert rows["scripted, 10 labels"]["success_rate"] != "" and rows["ipl, 10 labels"]["success_rate"] != ""
+    assert "ipl" in rows and "scripted (r scaled)" in rows  # earlier rows stay
+    assert "bench-scripted-10-L10-seed0" in list_preferences("metaworld-reach-mixed")
+    text = out.read_text()
+    assert "### (c) by the number of labels" in text
+    assert "| 10 |" in text and "| 20 |" in text and "| ipl, 10 labels |" in text
+
 
 def test_unknown_variant_is_refused(capsys):
     import pytest
@@ -89,3 +123,10 @@ def test_unknown_variant_is_refused(capsys):
     with pytest.raises(SystemExit):
         preferences.main(["--variants", "scripted sloppy"])
     assert "unknown teacher/variant ['scripted sloppy']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        preferences.main(["--ipl-on-transfer", "--iql-reward-scale", "returns"])
+    assert "IPL, which reads no reward" in capsys.readouterr().err
+    assert preferences.noisy_teacher("scripted mistake ε=0.3 r(s) (r scaled)") == "mistake ε=0.3"
+    assert preferences.ascii_slug("scripted r(s) (r scaled)") == "scripted-state-r-scaled"
+    assert preferences.base_variant("scripted mistake ε=0.3 (r scaled), 100 labels") == "scripted mistake ε=0.3"
+    assert preferences.label_count("ipl, 100 labels", 500) == 100 and preferences.label_count("ipl", 500) == 500

@@ -659,6 +659,31 @@ def test_relabel_dataset_writes_model_rewards_and_keeps_the_true_ones(learned):
         relabel_dataset("syn", learned.model, "syn-learned")
 
 
+def test_iql_reads_learned_rewards_unscaled_and_env_rewards_scaled_by_returns(learned):
+    from embodied.algos.iql import IQL, IQLConfig
+
+    written(low=-1.0)
+    relabel_dataset("syn", learned.model, "syn-learned")
+    env_rewards, copied, in_memory = load_dataset("syn"), load_dataset("syn-learned"), load_dataset("syn")
+    relabel(in_memory, learned.model)
+    assert (env_rewards.learned_rewards, copied.learned_rewards, in_memory.learned_rewards) == (False, True, True)
+    assert not Dataset(synthetic()).learned_rewards
+
+    def multiplier(dataset, scale):
+        agent = IQL(IQLConfig(reward_scale=scale, hidden_dims=(8,)), spaces()["observation_space"],
+                    spaces()["action_space"], "cpu")  # fmt: skip
+        agent.prepare(dataset, 10)
+        return float(agent.reward_multiplier)
+
+    returns = env_rewards.episode_returns()
+    by_returns = 1000.0 / float(returns.max() - returns.min())
+    assert multiplier(env_rewards, "auto") == pytest.approx(by_returns)
+    assert multiplier(copied, "auto") == multiplier(in_memory, "auto") == 1.0
+    assert multiplier(copied, "returns") != 1.0 and multiplier(env_rewards, "none") == 1.0
+    with pytest.raises(ValueError, match="reward_scale must be 'auto', 'returns' or 'none'"):
+        multiplier(copied, "log-odds")
+
+
 def test_state_action_models_refuse_action_free_data(learned, minari_root):
     episodes = strip_actions(synthetic(lengths=[20] * 4), fraction=0.5, seed=0)
     write_dataset("semi", episodes, **spaces())

@@ -19,7 +19,8 @@ Two parts, used one after the other:
 2. **Robust Reward Learning (RRL).** Rewards are Gaussians N(μ, σ²) learned from the
    transferred (soft, partly wrong) labels: :class:`embodied.rewards.models.RewardModel`
    with ``gaussian=True``. The target dataset is relabelled with μ and IQL learns the
-   policy, with no human label on the target task.
+   policy (reading μ unscaled, ``IQLConfig.reward_scale="auto"``), with no human label on
+   the target task.
 """
 
 from __future__ import annotations

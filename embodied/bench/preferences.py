@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,13 @@ IPL_SIZES = {"hidden_dims": [256, 256], "preference_batch_size": 8}
 VARIANTS = ["true reward", "scripted", "random", "ipl"]
 #: Suffix of the reward-model variants whose model reads the state only (``--state-reward``).
 STATE_ONLY = " r(s)"
+#: Suffix of the reward-model variants where IQL scales the learned reward to a return spread
+#: of 1000, as it does the env's (``--iql-reward-scale returns``); by default it reads them as
+#: they are (IQLConfig.reward_scale "auto").
+SCALED = " (r scaled)"
+#: (c) at other numbers of labels than ``--labels`` (``--label-sweep``): variants named
+#: ``"scripted, 100 labels"`` and ``"ipl, 100 labels"``.
+LABEL_COUNT = re.compile(r", (\d+) labels$")
 #: ``"scripted <teacher>"`` (a teacher of ``TEACHERS``) is a further variant: the scripted
 #: variant's queries labelled by that teacher, learned by PEARL's Gaussian reward model, to
 #: hold PEARL's transferred labels against the target's own labels at a like agreement.
@@ -74,14 +82,19 @@ DISTANCE_RULE = "label-free rule on distances"
 IPL_ON = "ipl on "
 
 
+def base_variant(named: str) -> str:
+    """A variant's name without the label count and the reward-scale suffix."""
+    return LABEL_COUNT.sub("", named).removesuffix(SCALED)
+
+
 def noisy_teacher(variant: str) -> str | None:
     """The teacher of a ``"scripted <teacher>"`` variant (``" r(s)"`` allowed), else None."""
-    teacher = variant.removesuffix(STATE_ONLY).removeprefix(NOISY)
+    teacher = base_variant(variant).removesuffix(STATE_ONLY).removeprefix(NOISY)
     return teacher if variant.startswith(NOISY) and teacher in TEACHERS else None
 
 
 def known_variant(variant: str) -> bool:
-    return variant in VARIANTS or noisy_teacher(variant) is not None
+    return variant in VARIANTS or variant == DISTANCE_RULE or noisy_teacher(variant) is not None
 
 
 def reward_model_config(args, gaussian: bool = False, inputs: str = "state_action"):
@@ -96,9 +109,11 @@ def held_out_oracle(dataset: str, args, seed: int):
     return label_dataset(dataset, ScriptedTeacher(), args.held_out, args.segment_len, seed=10_000 + seed)
 
 
-def policy_config(algo: str, data: str, seed: int, args, name: str, preferences: str = "") -> dict:
+def policy_config(algo: str, data: str, seed: int, args, name: str, preferences: str = "",
+                  reward_scale: str = "auto") -> dict:  # fmt: skip
+    iql = {"hidden_dims": [256, 256], "reward_scale": reward_scale}
     return {
-        "algo": {"name": algo, **({"hidden_dims": [256, 256]} if algo == "iql" else IPL_SIZES)},
+        "algo": {"name": algo, **(iql if algo == "iql" else IPL_SIZES)},
         "env": {"id": env_id_of(args.target)},
         "data": {"name": data, "preferences": preferences},
         "train": {"steps": args.steps, "batch_size": 256, "seed": seed, "eval_every": max(1, args.steps // args.evals),
@@ -108,14 +123,14 @@ def policy_config(algo: str, data: str, seed: int, args, name: str, preferences:
     }  # fmt: skip
 
 
-def scripted_labels(target: str, args, seed: int, teacher: str = "oracle"):
-    """``--labels`` queries of the target (the same ones for every teacher), labelled by a
-    teacher of ``TEACHERS``."""
+def scripted_labels(target: str, args, seed: int, teacher: str = "oracle", count: int | None = None):
+    """``--labels`` (or ``count``) queries of the target (the same ones for every teacher),
+    labelled by a teacher of ``TEACHERS``."""
     from embodied.rewards.teachers import ScriptedTeacher, label_dataset
 
     preset = dict(TEACHERS[teacher])
     teacher = ScriptedTeacher.preset(preset.pop("kind"), **preset)
-    return label_dataset(target, teacher, args.labels, args.segment_len, seed=seed)
+    return label_dataset(target, teacher, count or args.labels, args.segment_len, seed=seed)
 
 
 def pearl_tag(features: str, fused_alpha: float) -> str:
@@ -143,9 +158,10 @@ def distance_rule_labels(target: str, args, seed: int):
 
 
 def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | None = None, source: str = "",
-                pearl_settings: dict | None = None):  # fmt: skip
+                pearl_settings: dict | None = None, count: int | None = None):  # fmt: skip
     """The target's label set of a variant (and how it was made); a PEARL variant's from
-    ``source`` with ``pearl_settings`` (PEARLConfig fields)."""
+    ``source`` with ``pearl_settings`` (PEARLConfig fields); scripted ones of ``count``
+    queries (default ``--labels``)."""
     from embodied.algos import pearl
     from embodied.data import load_dataset
     from embodied.data.preferences import Preferences, StepScores, sample_queries
@@ -153,11 +169,11 @@ def make_labels(variant: str, target: str, args, seed: int, gw_epsilon: float | 
 
     variant = variant.removesuffix(STATE_ONLY)
     if variant == "scripted":
-        return scripted_labels(target, args, seed)
+        return scripted_labels(target, args, seed, count=count)
     if teacher := noisy_teacher(variant):
-        return scripted_labels(target, args, seed, teacher)
+        return scripted_labels(target, args, seed, teacher, count=count)
     if variant == "random":
-        labels = scripted_labels(target, args, seed)
+        labels = scripted_labels(target, args, seed, count=count)
         coin = np.random.default_rng([seed, 7]).integers(0, 2, len(labels)).astype(np.float32)
         return Preferences(labels.dataset, labels.segment_len, labels.episodes, labels.starts, coin,
                            info={"teacher": "random"})  # fmt: skip
@@ -182,9 +198,10 @@ def run_trial(trial: dict) -> dict:
     from embodied.rewards.models import fit_reward_model, label_accuracy, relabel_dataset
     from embodied.rewards.teachers import agreement
 
-    args, seed, variant = trial["args"], trial["seed"], trial["variant"]
+    args, seed, named = trial["args"], trial["seed"], trial["variant"]
+    variant = base_variant(named)
     target = dataset_name(args.target, args.quality)
-    out = {"part": trial["part"], "variant": variant, "seed": seed}
+    out = {"part": trial["part"], "variant": named, "seed": seed}
     started = time.perf_counter()
     if trial["part"] == "a":
         labels = scripted_labels(target, args, seed, teacher=variant)
@@ -194,12 +211,15 @@ def run_trial(trial: dict) -> dict:
                       "accuracy": label_accuracy(model, dataset, held_out_oracle(target, args, seed)),
                       "seconds": time.perf_counter() - started}  # fmt: skip
     if variant == "true reward":
-        run_dir, evals = train_once(policy_config("iql", target, seed, args, f"iql-{target}-true-seed{seed}"))
+        # The env's reward, scaled by returns as "auto" would (named, so earlier runs still count).
+        run_dir, evals = train_once(policy_config("iql", target, seed, args, f"iql-{target}-true-seed{seed}",
+                                                  reward_scale="returns"))  # fmt: skip
         return out | {"evals": evals, "run_dir": str(run_dir)}
+    count = trial.get("labels")  # a --label-sweep trial's, else --labels
     if variant == "ipl":
-        label_name = f"bench-scripted-{args.labels}-L{args.segment_len}-seed{seed}"
+        label_name = f"bench-scripted-{count or args.labels}-L{args.segment_len}-seed{seed}"
         if not (dataset_path(target) / "preferences" / f"{label_name}.npz").exists():
-            save_preferences(scripted_labels(target, args, seed), label_name)
+            save_preferences(scripted_labels(target, args, seed, count=count), label_name)
         config = policy_config("ipl", target, seed, args, f"ipl-{target}-{label_name}", preferences=label_name)
         run_dir, evals = train_once(config)
         return out | {"evals": evals, "run_dir": str(run_dir)}
@@ -209,12 +229,12 @@ def run_trial(trial: dict) -> dict:
         labels = distance_rule_labels(target, args, seed)
     else:
         labels = make_labels(labelled, target, args, seed, gw_epsilon=trial.get("gw_epsilon"),
-                             source=trial.get("source", ""), pearl_settings=trial.get("pearl"))  # fmt: skip
+                             source=trial.get("source", ""), pearl_settings=trial.get("pearl"), count=count)  # fmt: skip
     out["label_agreement"] = agreement(labels, StepScores.read(target))
     out["gw_seconds"] = labels.info.get("gw_seconds", float("nan"))
     if survey:
         return out
-    slug = ascii_slug(variant)
+    slug = ascii_slug(named)
     if variant.startswith(IPL_ON):  # IPL straight from these labels, no reward model
         save_preferences(labels, f"bench-{slug}-seed{seed}", overwrite=True)
         config = policy_config("ipl", target, seed, args, f"ipl-{target}-{slug}-seed{seed}",
@@ -223,18 +243,28 @@ def run_trial(trial: dict) -> dict:
         return out | {"evals": evals, "run_dir": str(run_dir)}
     relabelled = f"{target}-rm-{slug}-seed{seed}"
     dataset = load_dataset(target)
-    config = reward_model_config(args, gaussian=variant.startswith("pearl") or noisy_teacher(variant) is not None,
+    # PEARL's Gaussian reward model for every label set held against PEARL's.
+    gaussian = variant.startswith("pearl") or variant == DISTANCE_RULE or noisy_teacher(variant) is not None
+    config = reward_model_config(args, gaussian=gaussian,
                                  inputs="state" if variant.endswith(STATE_ONLY) else "state_action")
     model, _ = fit_reward_model(dataset, labels, config, seed=seed)
     out["accuracy"] = label_accuracy(model, dataset, held_out_oracle(target, args, seed))
     relabel_dataset(target, model, relabelled, overwrite=True)
-    run_dir, evals = train_once(policy_config("iql", relabelled, seed, args, f"iql-{relabelled}"))
+    scale = "returns" if named.endswith(SCALED) else "auto"
+    run_dir, evals = train_once(policy_config("iql", relabelled, seed, args, f"iql-{relabelled}", reward_scale=scale))
     return out | {"evals": evals, "run_dir": str(run_dir)}
+
+
+def label_count(variant: str, default: int) -> int:
+    """The number of scripted labels a variant's name gives (``default`` where it gives none)."""
+    match = LABEL_COUNT.search(variant)
+    return int(match[1]) if match else default
 
 
 def ascii_slug(variant: str) -> str:
     """A variant's name as a dataset or label-set name (ASCII, no spaces)."""
-    slug = variant.replace(STATE_ONLY, "-state").replace(",", "").replace(" ", "-").replace("=", "")
+    slug = variant.replace(STATE_ONLY, "-state").replace(SCALED, "-r-scaled").replace(",", "").replace(" ", "-")
+    slug = slug.replace("=", "")
     for greek, latin in (("ε", "eps"), ("β", "beta"), ("γ", "gamma"), ("α", "alpha")):
         slug = slug.replace(greek, latin)
     return slug
@@ -245,11 +275,15 @@ def make_trials(args) -> list[dict]:
               for teacher in args.teachers for seed in args.seeds]  # fmt: skip
     settings = {"features": args.pearl_features, "fused_alpha": args.fused_alpha}
     tag = pearl_tag(**settings)
-    variants = [v for v in VARIANTS if v in args.variants] + [v for v in args.variants if noisy_teacher(v)]
+    variants = [v for v in VARIANTS if v in args.variants] + [v for v in args.variants if noisy_teacher(v)] \
+        + [v for v in args.variants if v == DISTANCE_RULE]
     pearls = {f"pearl from {s}{tag}": s for s in args.sources}
     if args.state_reward:  # only the reward-model variants change
         variants = [v if v in ("true reward", "ipl") else f"{v}{STATE_ONLY}" for v in variants]
         pearls = {f"{v}{STATE_ONLY}": s for v, s in pearls.items()}
+    if args.iql_reward_scale == "returns":  # only the reward-model variants change
+        variants = [v if v in ("true reward", "ipl") else f"{v}{SCALED}" for v in variants]
+        pearls = {f"{v}{SCALED}": s for v, s in pearls.items()}
     if args.ipl_on_transfer:  # IPL on the transferred labels (and on the distance rule's) instead
         pearls = {f"{IPL_ON}{v}": s for v, s in pearls.items()}
         if args.pearl_features == "distances":
@@ -259,8 +293,10 @@ def make_trials(args) -> list[dict]:
               for source in args.transfer_sources for eps in args.gw_epsilons for seed in args.seeds]  # fmt: skip
     if args.transfer_sources and args.pearl_features == "distances":  # its label-free baseline
         survey += [{"part": "t", "variant": DISTANCE_RULE, "seed": seed, "args": args} for seed in args.seeds]
+    sweep = [{"part": "b", "variant": f"{method}, {n} labels", "labels": n, "seed": seed, "args": args}
+             for n in args.label_sweep for seed in args.seeds for method in ("scripted", "ipl")]  # fmt: skip
     # Policy trials first (the long ones), so the two workers stay busy to the end.
-    return [{"part": "b", "variant": v, "seed": seed, "args": args} for seed in args.seeds for v in variants] \
+    return sweep + [{"part": "b", "variant": v, "seed": seed, "args": args} for seed in args.seeds for v in variants] \
         + [{"part": "b", "variant": v, "source": s, "pearl": settings, "seed": seed, "args": args}
            for seed in args.seeds for v, s in pearls.items()] + trials + survey
 
@@ -301,9 +337,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="*", default=VARIANTS, help="part (b)/(c) baselines to run")
     parser.add_argument("--state-reward", action="store_true",
                         help="reward models of the state alone, r(s) (variants named '... r(s)')")
+    parser.add_argument("--iql-reward-scale", default="auto", choices=("auto", "returns"),
+                        help="returns: IQL scales the reward models' rewards to a return spread of 1000 as it does "
+                        "the env's (variants named '... (r scaled)'); auto: reads them as they are")
     parser.add_argument("--merge", action="store_true", help="keep earlier invocations' rows from the CSV")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--labels", type=int, default=500, help="scripted labels on the target (a, b, c)")
+    parser.add_argument("--label-sweep", nargs="*", type=int, default=[],
+                        help="(c) also at these numbers of labels: IPL and reward model + IQL on the same oracle labels")
     parser.add_argument("--held-out", type=int, default=1000, help="fresh oracle pairs to measure accuracy on")
     parser.add_argument("--segment-len", type=int, default=50, help="steps per segment (B-Pref: 50)")
     parser.add_argument("--segments", type=int, default=1000, help="PEARL: segments per task in the transport")
@@ -317,9 +358,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-preferences"))
     parser.add_argument("--out", type=Path, default=Path("results/preferences.md"))
     args = parser.parse_args(argv)
+    if args.iql_reward_scale == "returns" and args.ipl_on_transfer:
+        parser.error("--ipl-on-transfer trains IPL, which reads no reward; --iql-reward-scale does not apply")
     unknown = [t for t in args.teachers if t not in TEACHERS] + [v for v in args.variants if not known_variant(v)]
     if unknown:
-        parser.error(f"unknown teacher/variant {unknown}; teachers: {list(TEACHERS)}, variants: {VARIANTS} or '{NOISY}<teacher>'")
+        parser.error(f"unknown teacher/variant {unknown}; teachers: {list(TEACHERS)}, variants: {VARIANTS}, "
+                     f"'{DISTANCE_RULE}' or '{NOISY}<teacher>'")  # fmt: skip
     command = ("python -m embodied.bench.preferences " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
 
     from embodied.data import dataset_path
@@ -382,6 +426,24 @@ def read_earlier(out: Path) -> tuple[list[dict], list[str]]:
     return list(results.values()), earlier_commands(out, "preferences")
 
 
+def label_count_table(part_b: list[dict], labels: int) -> list[str]:
+    """(c) by the number of labels: IPL against reward model + IQL on the same scripted
+    labels, wherever both ran at more than one count."""
+    counts: dict[str, dict[int, list[float]]] = {"scripted": {}, "ipl": {}}
+    for r in part_b:
+        method = LABEL_COUNT.sub("", r["variant"])
+        if method in counts:
+            success = r["evals"][-1].get("eval/success_rate")
+            counts[method].setdefault(label_count(r["variant"], labels), []).append(success)
+    both = sorted(set(counts["scripted"]) & set(counts["ipl"]))
+    if len(both) < 2:
+        return []
+    return ["", "### (c) by the number of labels", "",
+            "Success rate of the final policy; the same oracle labels of the target for both.", "",
+            "| labels | reward model + IQL | IPL |", "|---:|---:|---:|",
+            *[f"| {n} | {mean_std(counts['scripted'][n])} | {mean_std(counts['ipl'][n])} |" for n in both]]
+
+
 def write(results: list[dict], args, commands: list[str], gw_time: dict[str, float]) -> None:
     import matplotlib
 
@@ -420,9 +482,10 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
             lines.append(f"| {teacher} | {mean_std([r['label_agreement'] for r in rows])} | "
                          f"{mean_std([r['accuracy'] for r in rows])} |")  # fmt: skip
     ran = {r["variant"] for r in part_b}
-    order = VARIANTS + [f"{v}{STATE_ONLY}" for v in VARIANTS]
+    order = [f"{v}{state}{scaled}" for state in ("", STATE_ONLY) for v in VARIANTS for scaled in ("", SCALED)]
     variants = [v for v in order if v in ran] + sorted(v for v in ran if noisy_teacher(v)) \
         + sorted(v for v in ran if v.startswith("pearl")) + sorted(v for v in ran if v.startswith(IPL_ON))
+    variants += sorted(ran - set(variants), key=lambda v: (base_variant(v), label_count(v, args.labels)))
     lines += [
         "",
         f"## (b, c) IQL on learned rewards, PEARL, and IPL on `{target}`",
@@ -438,7 +501,11 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
         "variant with a reward model of the state alone (`--state-reward`). by distances: PEARL compares "
         "segments by Meta-World's hand–object and object–goal distances instead of states and actions "
         "(`--pearl-features`); fused α: fused GW with that weight on the structure (`--fused-alpha`). ipl on X: IPL "
-        "learns from X's target labels, with no reward model (`--ipl-on-transfer`).",
+        "learns from X's target labels, with no reward model (`--ipl-on-transfer`). "
+        f"{DISTANCE_RULE}: no source task; of PEARL's target pairs, the segment whose hand is nearer its object and "
+        "object nearer its goal is preferred, then PEARL's Gaussian reward model → IQL. IQL reads a reward model's "
+        "rewards as they are (`IQLConfig.reward_scale` \"auto\", as IPL's authors' reward-model + IQL baseline); "
+        "(r scaled): IQL scales them to a return spread of 1000, as it does the env's (`--iql-reward-scale returns`).",
         "",
         "| variant | label agreement | reward-model accuracy | success rate |",
         "|---|---:|---:|---:|",
@@ -449,6 +516,7 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
             lines.append(f"| {variant} | {mean_std([r.get('label_agreement', np.nan) for r in rows])} | "
                          f"{mean_std([r.get('accuracy', np.nan) for r in rows])} | "
                          f"{mean_std([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} |")  # fmt: skip
+    lines += label_count_table(part_b, args.labels)
     survey = [r for r in results if r["part"] == "t" and r["variant"] != DISTANCE_RULE]
     rule = [r["label_agreement"] for r in results if r["part"] == "t" and r["variant"] == DISTANCE_RULE]
     if survey:

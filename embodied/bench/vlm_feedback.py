@@ -32,9 +32,9 @@ from embodied.bench.offline_rl import train_once  # noqa: E402
 REWARD_MODEL = {"members": 3, "hidden_dims": (256, 256), "batch_size": 32, "inputs": "state"}
 
 
-def policy_config(data: str, seed: int, args, name: str) -> dict:
+def policy_config(data: str, seed: int, args, name: str, reward_scale: str = "auto") -> dict:
     return {
-        "algo": {"name": "iql", "hidden_dims": [256, 256]},
+        "algo": {"name": "iql", "hidden_dims": [256, 256], "reward_scale": reward_scale},
         "env": {"id": args.env},
         "data": {"name": data},
         "train": {"steps": args.steps, "batch_size": 256, "seed": seed, "eval_every": max(1, args.steps // args.evals),
@@ -77,7 +77,8 @@ def run_trial(trial: dict) -> dict:
     out = {"variant": trial["variant"], "seed": seed}
     if mistake is None:
         data = state_copy(args.dataset)
-        run_dir, evals = train_once(policy_config(data, seed, args, f"iql-{data}-true-seed{seed}"))
+        # The env's reward, scaled by returns as "auto" would (named, so earlier runs still count).
+        run_dir, evals = train_once(policy_config(data, seed, args, f"iql-{data}-true-seed{seed}", "returns"))
         return out | {"evals": evals, "run_dir": str(run_dir)}
     oracle = vlm.OracleVLM(vlm.frame_rewards(args.dataset), mistake=mistake, margin=args.margin, seed=seed)
     cache = vlm.LabelCache(Path(args.run_dir) / "vlm-cache" / f"mistake{mistake}-seed{seed}.jsonl")
@@ -150,9 +151,10 @@ def write(results: list[dict], args, command: str) -> None:
         f"{args.segment_len}-step segment through the two-stage prompt and answers from the true reward of that frame, "
         f"wrong at the given rate and 'cannot tell' when the rewards differ by less than {args.margin}; {args.pairs} "
         f"queries per run. Reward model: {REWARD_MODEL['members']} MLPs {REWARD_MODEL['hidden_dims']} of the state, "
-        f"{args.reward_steps} updates. IQL: {args.steps} updates; success rate of the final policy over "
-        f"{args.eval_episodes} episodes. Label agreement: decided labels against the true reward summed over the "
-        "segments.",
+        f"{args.reward_steps} updates. IQL: {args.steps} updates, reading the reward model's rewards as they are "
+        f"(`IQLConfig.reward_scale` \"auto\"; the true reward it scales to a return spread of 1000); success rate "
+        f"of the final policy over {args.eval_episodes} episodes. Label agreement: decided labels against the true "
+        "reward summed over the segments.",
         "",
         "| variant | labels (cannot tell) | label agreement | success rate | return |",
         "|---|---:|---:|---:|---:|",

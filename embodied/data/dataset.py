@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from embodied.data.episodes import DatasetError, Episode, Observation, StoredArray
+from embodied.data.episodes import LEARNED_REWARDS, DatasetError, Episode, Observation, StoredArray
 
 
 class LazyImages:
@@ -173,10 +173,13 @@ class Dataset:
                 observation_leaves=_leaf_specs(first.observations), action_shape=action_shape,
                 read=lambda i: source.read(i, lazy_images=lazy_images), metadata=metadata,
             )  # fmt: skip
+            dataset.learned_rewards = source.metadata().get("algorithm_name") == LEARNED_REWARDS
         return dataset
 
     def _build(self, name, device, lengths, has_actions, observation_leaves, action_shape, read, metadata) -> None:
         self.name = name
+        # Rewards from a preference reward model, not the env (a relabelled copy, or relabelled in memory).
+        self.learned_rewards = False
         self.device = torch.device(resolve_device(device))
         if action_shape is None:
             raise DatasetError(f"{name or 'dataset'}: no episode has actions")

@@ -34,6 +34,9 @@ Array = np.ndarray
 Observation = Array | dict[str, Array]
 
 DEFAULT_NAMESPACE = "embodied"
+#: ``algorithm_name`` of a dataset whose rewards a preference reward model wrote
+#: (:func:`embodied.rewards.models.relabel_dataset`); IQL reads them unscaled.
+LEARNED_REWARDS = "reward-model-relabel"
 _ID = re.compile(r"^(?:(?P<namespace>[\w-]+)/)?(?P<name>[\w.-]+?)(?:-v(?P<version>\d+))?$")
 
 
@@ -281,6 +284,11 @@ class EpisodeFile:
         if key not in file:
             raise DatasetError(f"{self.path}: no {key} (the file has {self.count} episodes)")
         return file[key]
+
+    def metadata(self) -> dict[str, Any]:
+        """The dataset's Minari metadata (``metadata.json`` beside the HDF5 file)."""
+        path = self.path.with_name("metadata.json")
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def close(self) -> None:
         self.file.close()

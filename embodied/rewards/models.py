@@ -197,15 +197,17 @@ def relabel(dataset, model: RewardModel) -> None:
     obs = dataset.observations[steps]
     actions = None if model.config.inputs == "state" else dataset.actions[steps]
     dataset.rewards[steps] = model.rewards(obs, actions).to(dataset.rewards.dtype)
+    dataset.learned_rewards = True
 
 
 def relabel_dataset(name: str, model: RewardModel, name_out: str, overwrite: bool = False,
                     observation_key: str | None = None) -> str:  # fmt: skip
     """Copy dataset ``name`` to ``name_out`` with rewards from ``model`` (the original
-    rewards kept under ``infos/true_reward``). With ``observation_key`` the model reads
+    rewards kept under ``infos/true_reward``). The copy is marked as learned rewards
+    (``Dataset.learned_rewards``), which IQL reads unscaled by default. With ``observation_key`` the model reads
     that entry of dict observations and the copy keeps only it (e.g. ``state`` of a
     ``state+pixels`` dataset labelled from its frames: the copy is what IQL trains on)."""
-    from embodied.data.episodes import DatasetError, dataset_spaces, read_episodes, write_dataset
+    from embodied.data.episodes import LEARNED_REWARDS, DatasetError, dataset_spaces, read_episodes, write_dataset
 
     device = next(model.parameters()).device
     spaces = dataset_spaces(name)
@@ -229,7 +231,7 @@ def relabel_dataset(name: str, model: RewardModel, name_out: str, overwrite: boo
             episode.rewards = model.rewards(obs, actions).double().cpu().numpy()
             yield episode
 
-    write_dataset(name_out, episodes(), **spaces, algorithm_name="reward-model-relabel",
+    write_dataset(name_out, episodes(), **spaces, algorithm_name=LEARNED_REWARDS,
                   description=f"{name} with rewards from a preference reward model", overwrite=overwrite)  # fmt: skip
     return name_out
 

@@ -82,6 +82,24 @@ DISTANCE_RULE = "label-free rule on distances"
 IPL_ON = "ipl on "
 
 
+#: Notes under the (b, c) table of drawer-open medium, checked against its rows: (variants
+#: that must have run, note).
+FINDINGS: list[tuple[tuple[str, ...], str]] = [
+    (("scripted", "scripted (r scaled)"),
+     "Scaled to a return spread of 1000, as IQL scales the env's reward, a reward model's errors became "
+     "advantages that exp(β·A) (clipped at 100) turned into the policy: compare each '(r scaled)' row with its "
+     "unscaled twin. Read as they are, rewards of a model that learned little are small, and IQL stays near "
+     "behaviour cloning (0.47 ± 0.12 on this dataset, results/offline_rl.md)."),
+    (("random",),
+     "Success rates are over 10 episodes per seed, about ±0.15 each: rows between 0.4 and 0.75 (random labels, "
+     "PEARL on states and actions, most PEARL rows by distances) are not told apart from behaviour cloning or "
+     "from each other."),
+    ((DISTANCE_RULE, "pearl from button-press-v3 by distances, fused α=0.5"),
+     "PEARL by distances from button-press is the one transfer that matches the target's own 500 oracle labels. "
+     "The label-free rule on the same distances is its control: Meta-World's rewards are built from them."),
+]
+
+
 def base_variant(named: str) -> str:
     """A variant's name without the label count and the reward-scale suffix."""
     return LABEL_COUNT.sub("", named).removesuffix(SCALED)
@@ -516,6 +534,9 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
             lines.append(f"| {variant} | {mean_std([r.get('label_agreement', np.nan) for r in rows])} | "
                          f"{mean_std([r.get('accuracy', np.nan) for r in rows])} | "
                          f"{mean_std([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} |")  # fmt: skip
+    if target == "metaworld-drawer-open-medium":
+        notes = [f"- {note}" for needs, note in FINDINGS if set(needs) <= ran]
+        lines += ["", "What the rows show:", "", *notes] if notes else []
     lines += label_count_table(part_b, args.labels)
     survey = [r for r in results if r["part"] == "t" and r["variant"] != DISTANCE_RULE]
     rule = [r["label_agreement"] for r in results if r["part"] == "t" and r["variant"] == DISTANCE_RULE]

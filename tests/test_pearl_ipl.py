@@ -205,6 +205,18 @@ def test_gromov_wasserstein_couplings_have_uniform_marginals(disguised_task):
     np.testing.assert_allclose(coupling.sum(0), 1 / SEGMENTS, rtol=1e-3)
 
 
+def test_gromov_wasserstein_through_pots_torch_backend_matches_numpy():
+    """The GPU path (POT's torch backend), run here on a CPU torch device."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 4)), rng.normal(size=(25, 4))
+    costs = (pearl.distance_matrix(x), pearl.distance_matrix(y))
+    for fused in ({}, {"feature_cost": pearl.cross_distances(x, y), "alpha": 0.5}):
+        by_numpy = pearl.gromov_wasserstein(*costs, 5e-2, max_iter=30, **fused)
+        by_torch = pearl.gromov_wasserstein(*costs, 5e-2, max_iter=30, device=torch.device("cpu"), **fused)
+        assert isinstance(by_torch, np.ndarray) and by_torch.shape == (30, 25)
+        np.testing.assert_allclose(by_torch, by_numpy, rtol=1e-4, atol=1e-9)
+
+
 def test_transfer_to_the_same_task_in_disguise_recovers_the_targets_preferences(disguised_task):
     source_episodes, source, target, episodes, starts = disguised_task
     config = pearl.PEARLConfig(target_segments=SEGMENTS, target_pairs=400, gw_epsilon=2e-3)

@@ -108,7 +108,8 @@ def gromov_wasserstein(source_cost: np.ndarray, target_cost: np.ndarray, epsilon
                        alpha: float = 1.0) -> np.ndarray:  # fmt: skip
     """Entropic GW coupling (n_s, n_t) with uniform marginals (square loss). With a
     ``feature_cost`` M (n_s, n_t) and ``alpha`` < 1, entropic fused GW: the coupling
-    minimises (1 − α)·⟨M, T⟩ + α·GW(T)."""
+    minimises (1 − α)·⟨M, T⟩ + α·GW(T). ``device`` "cpu" solves in NumPy; "cuda" (or any
+    torch device, a CPU one included) through POT's torch backend."""
     import ot
 
     n_s, n_t = len(source_cost), len(target_cost)

@@ -113,6 +113,11 @@ def test_preferences_benchmark_end_to_end_and_merge(tmp_path, monkeypatch):
     assert "### (c) by the number of labels" in text
     assert "| 10 |" in text and "| 20 |" in text and "| ipl, 10 labels |" in text
 
+    # --rewrite writes the same page again from the CSV, running nothing and adding no command.
+    out.write_text(text.replace("### (c) by the number of labels", "stale"))
+    preferences.main([*common, "--rewrite"])
+    assert out.read_text() == text
+
 
 def test_unknown_variant_is_refused(capsys):
     import pytest
@@ -123,6 +128,9 @@ def test_unknown_variant_is_refused(capsys):
     with pytest.raises(SystemExit):
         preferences.main(["--variants", "scripted sloppy"])
     assert "unknown teacher/variant ['scripted sloppy']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        preferences.main(["--rewrite", "--out", "/nonexistent/preferences.md"])
+    assert "no earlier results" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         preferences.main(["--ipl-on-transfer", "--iql-reward-scale", "returns"])
     assert "IPL, which reads no reward" in capsys.readouterr().err

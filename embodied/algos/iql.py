@@ -49,7 +49,7 @@ class IQLConfig:
     # baseline, jhejna/inverse-preference-learning configs/metaworld/mr_iql.yaml). Stretched to
     # a return spread of 1000, its errors became advantages that exp(β·A) turned into the
     # policy. On drawer-open medium (3 seeds, results/preferences.md), IQL on a reward model
-    # of 500 oracle labels succeeded 0.70 ± 0.36 scaled and 0.97 ± 0.05 unscaled; on PEARL's
+    # of 500 oracle labels succeeded 0.67 ± 0.34 scaled and 0.97 ± 0.05 unscaled; on PEARL's
     # labels from button-press (by distances) 0.00 and 0.97 ± 0.05; on random labels 0.00
     # and 0.43 ± 0.33 (behaviour cloning: 0.47): a reward model that learned nothing leaves
     # IQL near cloning instead of driving it off.

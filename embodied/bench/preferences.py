@@ -36,6 +36,7 @@ import argparse
 import csv
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import earlier_commands, mean_std, plot_mean_std, run_trials  # noqa: E402
+from embodied.bench import earlier_commands, mean_std, run_trials  # noqa: E402
 from embodied.bench.offline_rl import dataset_name, env_id_of, read_evals, train_once  # noqa: E402
 
 #: Teachers of part (a): name -> ScriptedTeacher.preset arguments. Meta-World's per-step
@@ -389,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown teacher/variant {unknown}; teachers: {list(TEACHERS)}, variants: {VARIANTS}, "
                      f"'{DISTANCE_RULE}' or '{NOISY}<teacher>'")  # fmt: skip
-    command = ("python -m embodied.bench.preferences " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    # Quoted, so variants of several words ("true reward") paste back as they ran.
+    command = ("python -m embodied.bench.preferences " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     if args.rewrite:  # the tables, notes and plot again from the CSV; nothing runs
         if not args.out.with_suffix(".csv").exists():
             parser.error(f"--rewrite: no earlier results at {args.out.with_suffix('.csv')}")
@@ -589,7 +591,7 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
               f"({args.segment_len} steps × 43 features each): "
               + ", ".join(f"{device} {seconds:.1f} s" for device, seconds in gw_time.items())
               + (" (no GPU on this machine)" if "cuda" not in gw_time else "") + ".",
-              "", f"![success against updates]({args.out.with_suffix('.png').name})", ""]  # fmt: skip
+              "", f"![final success rates]({args.out.with_suffix('.png').name})", ""]  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
 
@@ -602,7 +604,10 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
                                  row.get("eval/success_rate", ""), r.get("label_agreement", ""),
                                  r.get("accuracy", "")])  # fmt: skip
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    # (b, c) as bars of the final success rate: one curve per variant no longer fits a legend
+    # (the curves are in the CSV).
+    height = max(3.5, 0.22 * len(variants) + 1.0)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, height), width_ratios=(1, 1.6))
     names = [t for t in TEACHERS if any(r["variant"] == t for r in part_a)]
     accuracy = [[r["accuracy"] for r in part_a if r["variant"] == t] for t in names]
     left.bar(range(len(names)), [np.mean(a) for a in accuracy], yerr=[np.std(a) for a in accuracy], color="tab:blue")
@@ -610,15 +615,15 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
     left.set_ylim(0.4, 1.0)
     left.set_ylabel("held-out accuracy")
     left.set_title(f"(a) reward model vs teacher ({args.labels} labels)", fontsize=9)
-    for variant in variants:
-        runs = [r for r in part_b if r["variant"] == variant]
-        if not runs:
-            continue
-        plot_mean_std(right, runs, lambda row: row.get("eval/success_rate", np.nan), variant)
-    right.set_xlabel("updates")
-    right.set_ylabel("success rate")
+    final = [[r["evals"][-1].get("eval/success_rate", np.nan) for r in part_b if r["variant"] == v] for v in variants]
+    right.barh(range(len(variants)), [np.nanmean(f) for f in final], xerr=[np.nanstd(f) for f in final],
+               color=["tab:gray" if v == "true reward" else "tab:orange" if v.endswith(SCALED) else "tab:blue"
+                      for v in variants])  # fmt: skip
+    right.set_yticks(range(len(variants)), variants, fontsize=7)
+    right.invert_yaxis()
+    right.set_xlim(0.0, 1.05)
+    right.set_xlabel(f"success rate after {args.steps} updates (mean ± std over seeds)")
     right.set_title(f"(b, c) {args.target} / {args.quality}", fontsize=9)
-    right.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(args.out.with_suffix(".png"), dpi=110)
 

@@ -337,7 +337,7 @@ def describe(result: dict) -> str:
     elif "label_agreement" in result:
         text += f" label agreement {result['label_agreement']:.3f}"
     if "evals" in result:
-        text += f" success {result['evals'][-1].get('eval/success_rate', float('nan')):.2f}"
+        text += f" success {final_success(result):.2f}"
     return text
 
 
@@ -467,6 +467,11 @@ def read_earlier(out: Path) -> tuple[list[dict], list[str]]:
     return list(results.values()), earlier_commands(out, "preferences")
 
 
+def final_success(run: dict) -> float:
+    """A policy run's success rate at its last evaluation."""
+    return run["evals"][-1].get("eval/success_rate", float("nan"))
+
+
 def label_count_table(part_b: list[dict], labels: int) -> list[str]:
     """(c) by the number of labels: IPL against reward model + IQL on the same scripted
     labels, wherever both ran at more than one count."""
@@ -474,8 +479,7 @@ def label_count_table(part_b: list[dict], labels: int) -> list[str]:
     for r in part_b:
         method = LABEL_COUNT.sub("", r["variant"])
         if method in counts:
-            success = r["evals"][-1].get("eval/success_rate")
-            counts[method].setdefault(label_count(r["variant"], labels), []).append(success)
+            counts[method].setdefault(label_count(r["variant"], labels), []).append(final_success(r))
     both = sorted(set(counts["scripted"]) & set(counts["ipl"]))
     if len(both) < 2:
         return []
@@ -556,7 +560,7 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
         if rows:
             lines.append(f"| {variant} | {mean_std([r.get('label_agreement', np.nan) for r in rows])} | "
                          f"{mean_std([r.get('accuracy', np.nan) for r in rows])} | "
-                         f"{mean_std([r['evals'][-1].get('eval/success_rate', np.nan) for r in rows])} |")  # fmt: skip
+                         f"{mean_std([final_success(r) for r in rows])} |")  # fmt: skip
     if target == "metaworld-drawer-open-medium":
         notes = [f"- {note}" for needs, note in FINDINGS if set(needs) <= ran]
         lines += ["", "What the rows show:", "", *notes] if notes else []
@@ -615,7 +619,7 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
     left.set_ylim(0.4, 1.0)
     left.set_ylabel("held-out accuracy")
     left.set_title(f"(a) reward model vs teacher ({args.labels} labels)", fontsize=9)
-    final = [[r["evals"][-1].get("eval/success_rate", np.nan) for r in part_b if r["variant"] == v] for v in variants]
+    final = [[final_success(r) for r in part_b if r["variant"] == v] for v in variants]
     right.barh(range(len(variants)), [np.nanmean(f) for f in final], xerr=[np.nanstd(f) for f in final],
                color=["tab:gray" if v == "true reward" else "tab:orange" if v.endswith(SCALED) else "tab:blue"
                       for v in variants])  # fmt: skip

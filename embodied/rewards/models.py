@@ -203,10 +203,11 @@ def relabel(dataset, model: RewardModel) -> None:
 def relabel_dataset(name: str, model: RewardModel, name_out: str, overwrite: bool = False,
                     observation_key: str | None = None) -> str:  # fmt: skip
     """Copy dataset ``name`` to ``name_out`` with rewards from ``model`` (the original
-    rewards kept under ``infos/true_reward``). The copy is marked as learned rewards
-    (``Dataset.learned_rewards``), which IQL reads unscaled by default. With ``observation_key`` the model reads
-    that entry of dict observations and the copy keeps only it (e.g. ``state`` of a
-    ``state+pixels`` dataset labelled from its frames: the copy is what IQL trains on)."""
+    rewards kept under ``infos/true_reward``), marked as learned rewards
+    (``Dataset.learned_rewards``: IQL reads them unscaled by default). With
+    ``observation_key`` the model reads that entry of dict observations and the copy keeps
+    only it (e.g. ``state`` of a ``state+pixels`` dataset labelled from its frames: the copy
+    is what IQL trains on)."""
     from embodied.data.episodes import LEARNED_REWARDS, DatasetError, dataset_spaces, read_episodes, write_dataset
 
     device = next(model.parameters()).device

@@ -1,6 +1,7 @@
 """RePo and its Dreamer baseline: the world model's objectives, acting with memory, the
 online loop (checkpoints with the replay, exact resume, eval), and test-time alignment."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,22 @@ def test_tanh_gaussian_log_prob_is_the_change_of_variables():
     assert action.abs().max() < 1
 
 
+def test_the_actor_starts_with_repos_std_not_a_saturating_one():
+    """RePo's actor: std softplus(σ) + 0.1 (≈ 0.79 at σ = 0), four hidden layers; Dreamer v1's
+    TF settings (std 5) stay reachable through the config."""
+    zero = torch.zeros(2, 4)
+    torch.testing.assert_close(TanhGaussian(zero).std, torch.full((2, 2), math.log(2) + 0.1))
+    dreamer_v1 = TanhGaussian(zero, init_std=math.log(math.e**5 - 1), min_std=1e-4)
+    torch.testing.assert_close(dreamer_v1.std, torch.full((2, 2), 5 + 1e-4))
+    env = make_env()
+    agent = agent_in(env)
+    assert sum(isinstance(m, torch.nn.Linear) for m in agent.actor.modules()) == 5  # 4 hidden + output
+    with torch.no_grad():
+        std = agent.action_distribution(torch.zeros(8, agent.rssm.feature_dim)).std
+    assert 0.4 < std.mean() < 1.5  # an untrained actor explores without pinning tanh at ±1
+    env.close()
+
+
 # --- the objectives ------------------------------------------------------------------------
 def test_repo_trains_no_encoder_on_pixels_and_dreamer_does():
     """RePo's decoder is a probe on detached latents; Dreamer's reconstruction shapes the encoder."""
@@ -116,6 +133,30 @@ def test_repo_trains_no_encoder_on_pixels_and_dreamer_does():
         assert any(g is not None and g.abs().sum() > 0 for g in grads) == reaches_encoder, objective
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.decoder.parameters())
         env.close()
+
+
+def test_dreamer_frees_nats_per_step_so_the_prior_learns_under_a_low_mean_kl():
+    """Dreamer v1 (and RePo's baseline) clamp each step's KL at free_nats before averaging: with
+    the batch's mean KL under free_nats, the steps over it still train the prior."""
+    env = make_env()
+    agent = agent_in(env, objective="dreamer")
+    agent.learn(40, lambda *step: None)
+    batch = agent.replay.sample(3, 6, agent.rng)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        posterior, prior = agent.rssm.observe(agent.embed(batch["obs"]), batch["action"], batch["is_first"])
+        from embodied.nets.rssm import gaussian_kl
+
+        kl_steps = gaussian_kl(posterior, prior)
+    assert kl_steps.mean() < kl_steps.max()
+    for free_nats, learns in ((float(kl_steps.mean() + kl_steps.max()) / 2, True), (float(kl_steps.max()) * 10, False)):
+        agent.config.free_nats = free_nats
+        agent.zero_grad()
+        torch.manual_seed(0)  # the same latent samples as above
+        agent.model_loss(batch)[0].backward()  # only the KL term reaches the prior's network
+        grads = [p.grad for p in agent.rssm.prior_net.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads) == learns, free_nats
+    env.close()
 
 
 def test_the_dual_variable_grows_over_budget_and_shrinks_under_it():
@@ -178,7 +219,9 @@ def test_state_vectors_work_too():
 def test_bad_configs_are_refused_with_the_key(tmp_path):
     for key, value, match in (("objective", "world", "objective must be one of repo, dreamer"),
                               ("alignment", "exact", "alignment must be one of"),
-                              ("seq_len", 1, "seq_len must be >= 2")):  # fmt: skip
+                              ("seq_len", 1, "seq_len must be >= 2"),
+                              ("actor_min_std", 0.0, "actor_min_std must be > 0"),
+                              ("actor_layers", 0, "actor_layers must be >= 1")):  # fmt: skip
         raw = raw_config(tmp_path)
         raw["algo"][key] = value
         with pytest.raises(ConfigError, match=match):

@@ -14,7 +14,7 @@ its KL. β ≥ 0 is a Lagrange multiplier enforcing KL_bal ≤ target_kl: gradie
 log β with loss −log β · (KL_bal − target_kl). A decoder is still trained on *detached*
 latents, as a probe of what the latent holds (it changes nothing upstream). With
 ``objective: dreamer`` the decoder's reconstruction joins the model loss and the KL term
-is Dreamer v1's, max(KL(q ‖ p), free_nats).
+is Dreamer v1's, max(KL(q ‖ p), free_nats) per step, averaged.
 
 Behaviour (Dreamer v1, both objectives): from every posterior state of a batch, the actor
 imagines ``horizon`` steps in the frozen model; the λ-returns of predicted rewards and
@@ -88,6 +88,9 @@ class RePoConfig:
     actor_lr: float = 8e-5  # Adam
     value_lr: float = 8e-5  # Adam
     actor_entropy: float = 3e-4  # entropy bonus of the actor
+    actor_layers: int = 4  # hidden layers of the actor (RePo: 4; the value has 3)
+    actor_init_std: float = 0.0  # added to the std's pre-activation (RePo: 0, std ≈ 0.79 at first)
+    actor_min_std: float = 0.1  # floor of the action std (RePo: 0.1)
     action_noise: float = 0.0  # extra Gaussian exploration noise on collected actions (RePo: 0)
     # data and schedule (env steps)
     batch_size: int = 50  # sequences per update
@@ -114,7 +117,9 @@ class RePoConfig:
             raise ValueError(f"algo.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.alignment not in ALIGNMENTS:
             raise ValueError(f"algo.alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
-        for key in ("batch_size", "seq_len", "buffer_size", "train_every", "train_steps", "horizon"):
+        if self.actor_min_std <= 0:
+            raise ValueError(f"algo.actor_min_std must be > 0, got {self.actor_min_std}")
+        for key in ("batch_size", "seq_len", "buffer_size", "train_every", "train_steps", "horizon", "actor_layers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
         if self.seq_len < 2:
@@ -122,12 +127,16 @@ class RePoConfig:
 
 
 class TanhGaussian:
-    """Dreamer's action distribution: a Gaussian squashed by tanh (mean 5·tanh(μ/5))."""
+    """The actor's action distribution: a Gaussian squashed by tanh, mean 5·tanh(μ/5) and std
+    softplus(σ + init_std) + min_std. RePo's actor (zchuning/repo, models/actor_critic.py) uses
+    init_std 0 and min_std 0.1, so an untrained actor's std is about 0.79; Dreamer v1's TF code
+    starts at std 5 (init_std softplus⁻¹(5), min_std 1e-4), where tanh saturates and almost no
+    gradient reaches the actor through its sampled actions."""
 
-    def __init__(self, out: torch.Tensor):
+    def __init__(self, out: torch.Tensor, init_std: float = 0.0, min_std: float = 0.1):
         mean, std = out.chunk(2, -1)
         self.mean = 5 * torch.tanh(mean / 5)
-        self.std = F.softplus(std + math.log(math.e**5 - 1)) + 1e-4  # softplus⁻¹(5): initial std 5
+        self.std = F.softplus(std + init_std) + min_std
         self.normal = torch.distributions.Normal(self.mean, self.std)
 
     def rsample(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +209,7 @@ class RePo(Agent):
             features, (c.hidden_dim, c.hidden_dim), self.obs_dim, "elu")  # fmt: skip
         self.reward_head = MLP(features, (c.hidden_dim, c.hidden_dim), 1, "elu")
         self.inverse = MLP(features + c.deter_dim, (c.inverse_hidden, c.inverse_hidden), 2 * self.action_dim, "elu")
-        self.actor = MLP(features, (c.hidden_dim,) * 3, 2 * self.action_dim, "elu")
+        self.actor = MLP(features, (c.hidden_dim,) * c.actor_layers, 2 * self.action_dim, "elu")
         self.value = MLP(features, (c.hidden_dim,) * 3, 1, "elu")
         self.log_beta = nn.Parameter(torch.tensor(math.log(c.init_beta)))
         self.to(self.device)
@@ -242,14 +251,17 @@ class RePo(Agent):
         target = image_target(batch["obs"]) if self.pixels else batch["obs"]
         decoded = self.decoder(features if c.objective == "dreamer" else features.detach())
         obs_loss = 0.5 * ((decoded - target) ** 2).flatten(2).sum(-1).mean()  # unit-variance Gaussian NLL
-        kl = gaussian_kl(posterior, prior).mean()
+        kl_steps = gaussian_kl(posterior, prior)  # (T, B)
+        kl = kl_steps.mean()
         if c.objective == "repo":
             kl_balanced = (c.kl_balance * gaussian_kl(posterior.detach(), prior).mean()
                            + (1 - c.kl_balance) * gaussian_kl(posterior, prior.detach()).mean())  # fmt: skip
             loss = reward_loss + obs_loss + self.log_beta.exp().detach() * (kl_balanced - c.target_kl)
         else:
             kl_balanced = kl
-            loss = reward_loss + obs_loss + torch.clamp(kl, min=c.free_nats)
+            # free nats per step, then the mean (Dreamer v1, RePo's dreamer.py): steps over the
+            # budget keep training the prior even when the batch's mean KL is under it
+            loss = reward_loss + obs_loss + torch.clamp(kl_steps, min=c.free_nats).mean()
         inverse_loss = self.inverse_dynamics_loss(posterior.detach(), batch)
         metrics = {"reward_loss": reward_loss, "obs_loss": obs_loss, "kl": kl, "inverse_loss": inverse_loss}
         return loss + inverse_loss, kl_balanced, posterior, metrics
@@ -265,13 +277,16 @@ class RePo(Agent):
         return -(log_prob * same_episode).sum() / same_episode.sum().clamp(min=1)
 
     # --- behaviour ---------------------------------------------------------------------
+    def action_distribution(self, features: torch.Tensor) -> TanhGaussian:
+        return TanhGaussian(self.actor(features), self.config.actor_init_std, self.config.actor_min_std)
+
     def behaviour_losses(self, start: Latent) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Actor and value losses from ``horizon`` imagined steps out of every start state."""
         c = self.config
         with frozen(self.rssm, self.reward_head, self.value):
             states, entropies = [start], []
             for _ in range(c.horizon):
-                action, log_prob = TanhGaussian(self.actor(states[-1].features)).rsample()
+                action, log_prob = self.action_distribution(states[-1].features).rsample()
                 entropies.append(-log_prob)
                 states.append(self.rssm.img_step(states[-1], action))
             features = torch.stack([s.features for s in states])  # (H + 1, N, F)
@@ -339,7 +354,7 @@ class RePo(Agent):
                                        torch.tensor([first], device=self.device))  # fmt: skip
         if not explore:  # acting for evaluation: the posterior's mean, so actions are reproducible
             latent = Latent(latent.deter, latent.mean, latent.mean, latent.std)
-        distribution = TanhGaussian(self.actor(latent.features))
+        distribution = self.action_distribution(latent.features)
         action = distribution.rsample()[0] if explore else distribution.mode()
         if explore and self.config.action_noise:
             action = (action + self.config.action_noise * torch.randn_like(action)).clamp(-1, 1)

@@ -159,6 +159,25 @@ def test_dreamer_frees_nats_per_step_so_the_prior_learns_under_a_low_mean_kl():
     env.close()
 
 
+def test_in_imagination_the_actor_reads_its_state_with_gradients_stopped():
+    """Dreamer v1 and RePo stop gradients at the actor's input: an action's gradient reaches the
+    actor only through what it leads to, not through the actor's own later inputs."""
+    env = make_env()
+    agent = agent_in(env)
+    agent.learn(40, lambda *step: None)
+    with torch.no_grad():
+        batch = agent.replay.sample(3, 6, agent.rng)
+        start = agent.rssm.observe(agent.embed(batch["obs"]), batch["action"], batch["is_first"])[0].flatten()
+    inputs = []
+    hook = agent.actor.register_forward_hook(lambda module, args, out: inputs.append(args[0].requires_grad))
+    actor_loss, _, _ = agent.behaviour_losses(start)
+    hook.remove()
+    assert len(inputs) == agent.config.horizon and not any(inputs)
+    actor_loss.backward()  # the actions still carry the returns' gradient into the actor
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actor.parameters())
+    env.close()
+
+
 def test_the_dual_variable_grows_over_budget_and_shrinks_under_it():
     env = make_env()
     for target_kl, grows in ((0.0, True), (1000.0, False)):

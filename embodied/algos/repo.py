@@ -286,7 +286,9 @@ class RePo(Agent):
         with frozen(self.rssm, self.reward_head, self.value):
             states, entropies = [start], []
             for _ in range(c.horizon):
-                action, log_prob = self.action_distribution(states[-1].features).rsample()
+                # the actor reads its state with gradients stopped (Dreamer v1, RePo's rssm.imagine): an action's
+                # gradient reaches it only through the dynamics, reward and value it leads to
+                action, log_prob = self.action_distribution(states[-1].features.detach()).rsample()
                 entropies.append(-log_prob)
                 states.append(self.rssm.img_step(states[-1], action))
             features = torch.stack([s.features for s in states])  # (H + 1, N, F)

@@ -255,7 +255,9 @@ def write(results, probes, speeds, align_to, args, command: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = ", ".join(f"{k} {v}" for k, v in CPU_SIZES.items())
+    overrides = dict(item.split("=", 1) for item in args.set or [])  # what --set changed, as the runs saw it
+    shown = {**CPU_SIZES, **{k.removeprefix("algo."): v for k, v in overrides.items() if k.startswith("algo.")}}
+    sizes = ", ".join(f"{k} {v}" for k, v in shown.items())
     lines = [
         "# RePo against Dreamer, with and without distractors; test-time alignment; what the latent keeps",
         "",

@@ -14,7 +14,7 @@ from conftest import train_killed_at_env_step
 from embodied.algos.repo import Dreamer, RePo, RePoConfig, TanhGaussian, lambda_returns
 from embodied.cli import main
 from embodied.data.replay import SequenceReplay
-from embodied.nets.rssm import ConvDecoder, ConvEncoder
+from embodied.nets.rssm import ConvDecoder, ConvEncoder, gaussian_kl
 from embodied.run import checkpoint
 from embodied.run.config import ConfigError, parse
 from embodied.run.fit import train
@@ -145,8 +145,6 @@ def test_dreamer_frees_nats_per_step_so_the_prior_learns_under_a_low_mean_kl():
     torch.manual_seed(0)
     with torch.no_grad():
         posterior, prior = agent.rssm.observe(agent.embed(batch["obs"]), batch["action"], batch["is_first"])
-        from embodied.nets.rssm import gaussian_kl
-
         kl_steps = gaussian_kl(posterior, prior)
     assert kl_steps.mean() < kl_steps.max()
     for free_nats, learns in ((float(kl_steps.mean() + kl_steps.max()) / 2, True), (float(kl_steps.max()) * 10, False)):

@@ -255,8 +255,10 @@ def write(results, probes, speeds, align_to, args, command: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    overrides = dict(item.split("=", 1) for item in args.set or [])  # what --set changed, as the runs saw it
-    shown = {**CPU_SIZES, **{k.removeprefix("algo."): v for k, v in overrides.items() if k.startswith("algo.")}}
+    from embodied.run.config import apply_overrides
+
+    # with --set applied, as the runs saw them (in CPU_SIZES' order: the copy comes back sorted)
+    shown = {**CPU_SIZES, **apply_overrides({"algo": dict(CPU_SIZES)}, args.set or [])["algo"]}
     sizes = ", ".join(f"{k} {v}" for k, v in shown.items())
     lines = [
         "# RePo against Dreamer, with and without distractors; test-time alignment; what the latent keeps",

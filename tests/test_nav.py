@@ -272,6 +272,24 @@ def test_room_goals():
         assert terminated and base.tile_class[int(base.agent_y), int(base.agent_x)] == room_tile
 
 
+def test_scene_seed_fixes_objects_and_goal_not_the_start():
+    def scene(env, seed):
+        env.reset(seed=seed)
+        base = env.unwrapped
+        return [(o.name, o.x, o.y) for o in base.objects], base.goal_text, (base.agent_x, base.agent_y)
+
+    fixed = embodied.make("nav/rooms-v0", scene_seed=7)
+    episodes = [scene(fixed, seed) for seed in range(6)]
+    assert all(objects == episodes[0][0] and goal == episodes[0][1] for objects, goal, _ in episodes)
+    assert len({start for _, _, start in episodes}) == 6  # the start still varies
+    # another scene seed, another scene; without one, scenes vary as before
+    assert scene(embodied.make("nav/rooms-v0", scene_seed=8), 0)[0] != episodes[0][0]
+    free = embodied.make("nav/rooms-v0")
+    assert len({str(scene(free, seed)[0]) for seed in range(6)}) > 1
+    # the scripted policy still reaches the fixed goal
+    assert scripted_success_rate(embodied.make("nav/open-v0", scene_seed=0), 5) == 1.0
+
+
 @pytest.mark.parametrize("task", GRID_TASKS)
 def test_scripted_policy_grid(task):
     assert scripted_success_rate(embodied.make(f"nav/{task}", obs="pixels", image_size=TINY), 10) >= 0.8
@@ -292,6 +310,9 @@ def test_scripted_policy_pointmaze_umaze():
         ("nav/rooms-v0", {"reward_type": "shaped"}, "reward_type"),
         ("nav/open-v0", {"goal_kind": "room"}, "goal_kind"),
         ("nav/rooms-v0", {"egocentric_cells": 0}, "egocentric_cells"),
+        ("nav/open-v0", {"scene_seed": -1}, "scene_seed"),
+        ("nav/open-v0", {"scene_seed": 1.5}, "scene_seed"),
+        ("nav/PointMaze_UMaze-v3", {"scene_seed": 0}, "scene_seed"),
         ("nav/rooms-v0", {"obs": "pixels", "render_mode": None}, "render_mode"),
         ("nav/PointMaze_UMaze-v3", {"camera": "egocentric"}, "camera"),
         ("nav/PointMaze_UMaze-v3", {"goal_kind": "room"}, "goal_kind"),

@@ -337,6 +337,12 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     for heading in ("## Control: final return", "## Test-time alignment", "## What the latent keeps", "## Speed"):
         assert heading in text, heading
     assert "| nav/open-v0 | none |" in text and (tmp_path / "repo.png").exists() and (tmp_path / "repo.csv").exists()
+    control = next(line for line in text.splitlines() if line.startswith("| nav/open-v0 | none |"))
+    assert control.count("(success ") == 2  # nav reports success: each objective's cell carries its rate
+    # fixed policies for scale, in the runs' own scene: the scripted one reaches the goal
+    assert "| nav/open-v0 | uniform random |" in text and "| nav/open-v0 | zero action |" in text
+    scripted = next(line for line in text.splitlines() if line.startswith("| nav/open-v0 | scripted |"))
+    assert scripted.endswith("| 1.00 |")
     probes = sorted((tmp_path / "runs" / "probes").glob("*.json"))
     assert [p.name for p in probes] == ["dreamer-seed0.json", "repo-seed0.json"]
     summary = tmp_path / "runs" / "repo-nav-open-v0-none-seed0" / "align" / "bench" / "summary.json"

@@ -165,6 +165,39 @@ def _probe(trial: dict) -> dict:
     }  # fmt: skip
 
 
+def task_options(env_id: str) -> dict:
+    """The env options of the env's config other than the observation and the distractors,
+    which the bench sets itself."""
+    import yaml
+
+    options = yaml.safe_load((ROOT / "configs" / "repo" / CONFIGS[env_id]).read_text())["env"]["options"]
+    return {k: v for k, v in options.items() if k not in ("obs", "image_size", "distractors")}
+
+
+def reference_returns(env_id: str, episodes: int) -> dict[str, dict[str, float]]:
+    """Return (and success rate, where the env reports one) of fixed policies in the control
+    runs' env, for scale: uniform random actions, zero actions, and the suite's scripted
+    policy where it has one. The state is observed (the policies ignore it), the other
+    options are the runs' own."""
+    import embodied
+    from embodied.envs import scripted_policy
+    from embodied.run.rollout import random_policy, rollout
+
+    env = embodied.make(env_id, **task_options(env_id))
+    policies = {"uniform random": random_policy(env), "zero action": lambda _obs: np.zeros(env.action_space.shape, np.float32)}
+    try:
+        policies["scripted"] = scripted_policy(env)
+    except ValueError:  # the suite has no scripted policy
+        pass
+    env.action_space.seed(0)
+    references = {}
+    for name, policy in policies.items():
+        result = rollout(env, policy, episodes, seed=10_000)
+        references[name] = {"return": result.mean_return, "success_rate": result.success_rate}
+    env.close()
+    return references
+
+
 def speed_agent(env_id: str, objective: str, device: str = "cpu", compiled: bool = False):
     """A RePo or Dreamer agent at the benchmark's size (pixels) with a filled replay, and
     a function that runs one world-model + behaviour update on a fresh batch."""
@@ -244,12 +277,26 @@ def main(argv: list[str] | None = None) -> None:
         f"{r['env']} {r['distractors']} {r['objective']} seed {r['seed']}: return {r['evals'][-1]['eval/return']:.2f}"
         + (f", aligned {r['align']['target_before']:.2f} -> {r['align']['target_after']:.2f}" if "align" in r else "")
     )) if args.steps else []  # fmt: skip
+    references = {env_id: reference_returns(env_id, max(args.eval_episodes, 30)) for env_id in args.envs}
     speeds = {(env_id, objective): update_speed(env_id, objective) for env_id in args.envs for objective in args.objectives}
-    write(results, probe_results, speeds, align_to, args, command.strip())
+    write(results, probe_results, references, speeds, align_to, args, command.strip())
     print(args.out.read_text())
 
 
-def write(results, probes, speeds, align_to, args, command: str) -> None:
+def env_settings(env_id: str) -> str:
+    return ", ".join(f"{k} {v}" for k, v in task_options(env_id).items()) or "none"
+
+
+def final_cell(runs: list[dict]) -> str:
+    """Mean ± std of the runs' last evaluation return, and their mean success rate where the env has one."""
+    cell = mean_std([r["evals"][-1]["eval/return"] for r in runs])
+    successes = [r["evals"][-1].get("eval/success_rate") for r in runs]
+    if runs and all(s is not None and s == s for s in successes):  # s == s: not NaN
+        cell += f" (success {np.mean(successes):.2f})"
+    return cell
+
+
+def write(results, probes, references, speeds, align_to, args, command: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,7 +313,8 @@ def write(results, probes, speeds, align_to, args, command: str) -> None:
         f"Made by `{command}` ({time.strftime('%Y-%m-%d')}, CPU, one torch thread per run, {args.workers} runs at a "
         f"time). {IMAGE_SIZE}x{IMAGE_SIZE} pixels, sizes shrunk for the CPU ({sizes}; RePo's are Dreamer v1's), "
         f"{args.steps} env steps per run, evaluation return of the deterministic policy over {args.eval_episodes} "
-        f"episodes, mean ± std over seeds {', '.join(map(str, args.seeds))}.",
+        f"episodes, mean ± std over seeds {', '.join(map(str, args.seeds))}. Env options from "
+        + "; ".join(f"`configs/repo/{CONFIGS[env_id]}` ({env_settings(env_id)})" for env_id in args.envs) + ".",
     ]
     groups: dict[tuple, list[dict]] = {}
     for result in results:
@@ -277,10 +325,18 @@ def write(results, probes, speeds, align_to, args, command: str) -> None:
                   "|---|---|" + "---:|" * len(args.objectives)]  # fmt: skip
         for env_id in args.envs:
             for distractors in args.distractors:
-                cells = [mean_std([r["evals"][-1]["eval/return"] for r in groups.get((env_id, distractors, o), [])])
-                         for o in args.objectives]  # fmt: skip
+                cells = [final_cell(groups.get((env_id, distractors, o), [])) for o in args.objectives]
                 lines.append(f"| {env_id} | {distractors} | " + " | ".join(cells) + " |")
         lines += ["", f"![return against env steps]({args.out.with_suffix('.png').name})"]
+    if references:
+        lines += ["", "For scale, fixed policies in the same envs (no distractors change a return), mean over "
+                  f"{max(args.eval_episodes, 30)} episodes:", "",
+                  "| env | policy | return | success rate |", "|---|---|---:|---:|"]  # fmt: skip
+        for env_id, policies in references.items():
+            for name, reference in policies.items():
+                success = reference["success_rate"]
+                lines.append(f"| {env_id} | {name} | {reference['return']:.2f} | "
+                             f"{'' if success is None else f'{success:.2f}'} |")  # fmt: skip
     aligned = [r for r in results if "align" in r]
     if aligned:
         target = ", ".join(f"{k}={v}" for k, v in align_to.items())

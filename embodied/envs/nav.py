@@ -34,6 +34,9 @@ Ids (``embodied.make("nav/<task>")``):
   "sparse" is 1 on reaching the goal, else 0. Success: within 0.5 cells of the goal
   object, or inside the goal room (not its doorway). ``info["success"]`` is a bool
   every step; the episode terminates on success unless ``terminate_on_success=False``.
+  ``scene_seed`` (an int) fixes the scene: the same objects and goal every episode, only
+  the agent's start and heading drawn anew (a single-goal task, like D4RL's maze2d that
+  RePo's navigation runs use).
   Cameras: ``topdown`` (default, the whole map, north up) and ``egocentric`` (a
   ``egocentric_cells``-wide view centred on the agent, turned so it faces up). Frames
   show walls, floors (rooms tinted by colour), objects, the goal as a magenta ring
@@ -151,6 +154,7 @@ GRID_OPTIONS: dict[str, Any] = {
     "terminate_on_success": True,
     "show_goal": True,
     "egocentric_cells": 7.0,
+    "scene_seed": None,  # None: a new scene each episode; an int: the same objects and goal every episode
 }
 
 TASKS: tuple[str, ...] = POINTMAZE_TASKS + GRID_TASKS
@@ -376,6 +380,7 @@ class GridNavEnv(gym.Env):
         terminate_on_success: bool = True,
         show_goal: bool = True,
         egocentric_cells: float = 7.0,
+        scene_seed: int | None = None,
         render_mode: str | None = "rgb_array",
         image_size: int | tuple[int, int] = 64,
         camera: str | None = None,
@@ -394,8 +399,11 @@ class GridNavEnv(gym.Env):
             raise EnvOptionError(f"camera must be one of {', '.join(GRID_CAMERAS)} for nav/{task}, got {camera!r}")
         if not (isinstance(egocentric_cells, (int, float)) and 1.0 <= egocentric_cells <= 50.0):
             raise EnvOptionError(f"egocentric_cells must be a number of cells in [1, 50], got {egocentric_cells!r}")
+        if scene_seed is not None and (isinstance(scene_seed, bool) or not isinstance(scene_seed, int) or scene_seed < 0):
+            raise EnvOptionError(f"scene_seed must be None or an integer >= 0, got {scene_seed!r}")
         self.task = task
         self.layout = layout
+        self.scene_seed = scene_seed
         self.reward_type = reward_type
         self.goal_kinds = (goal_kind,) if goal_kind else layout.goal_kinds
         self.terminate_on_success = bool(terminate_on_success)
@@ -484,15 +492,17 @@ class GridNavEnv(gym.Env):
 
     # ---- episode -------------------------------------------------------------------
 
-    def _cell_center(self, cell: np.ndarray, jitter: float) -> tuple[float, float]:
-        dx, dy = self.np_random.uniform(-jitter, jitter, size=2)
+    def _cell_center(self, cell: np.ndarray, jitter: float, rng: np.random.Generator) -> tuple[float, float]:
+        dx, dy = rng.uniform(-jitter, jitter, size=2)
         return float(cell[1] + 0.5 + dx), float(cell[0] + 0.5 + dy)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if options:
             raise ValueError(f"nav/{self.task} takes no reset options, got {sorted(options)}")
-        rng = self.np_random
+        # The scene (objects, goal) comes from its own generator when fixed, so only the
+        # agent's start varies from episode to episode.
+        rng = self.np_random if self.scene_seed is None else np.random.default_rng(self.scene_seed)
         # Objects: distinct (colour, shape) pairs, so a goal text names exactly one.
         count = self.layout.num_objects
         pairs = [(c, s) for c in COLORS for s in OBJECT_SHAPES]
@@ -500,7 +510,7 @@ class GridNavEnv(gym.Env):
         cells = self.object_cells[rng.choice(len(self.object_cells), size=count, replace=False)]
         self.objects = []
         for pair_index, cell in zip(chosen, cells):
-            x, y = self._cell_center(cell, jitter=0.2)
+            x, y = self._cell_center(cell, jitter=0.2, rng=rng)
             self.objects.append(NavObject(*pairs[pair_index], x=x, y=y))
 
         self.goal_kind = self.goal_kinds[int(rng.integers(len(self.goal_kinds)))]
@@ -523,9 +533,9 @@ class GridNavEnv(gym.Env):
             starts = self.free_cells[np.linalg.norm(centers - self.goal_xy, axis=1) > 2.0 + GOAL_RADIUS]
         # Jitter keeps the agent's square inside its (free) start cell.
         self.agent_x, self.agent_y = self._cell_center(
-            starts[int(rng.integers(len(starts)))], jitter=0.5 - self.agent_radius - 0.01
+            starts[int(self.np_random.integers(len(starts)))], jitter=0.5 - self.agent_radius - 0.01, rng=self.np_random
         )
-        self.heading = float(rng.uniform(-math.pi, math.pi))
+        self.heading = float(self.np_random.uniform(-math.pi, math.pi))
         self.velocity = (0.0, 0.0)
         self._goal_distances = None
         self._topdown_scene = None
@@ -715,7 +725,7 @@ def make_env(task: str, **options: Any) -> gym.Env:
     """Build ``nav/<task>``; options as in :func:`embodied.make`, plus for PointMaze
     ``reward_type``, ``continuing_task``, ``reset_target`` and for the grid worlds
     ``reward_type``, ``goal_kind``, ``terminate_on_success``, ``show_goal``,
-    ``egocentric_cells`` (see the module docstring)."""
+    ``egocentric_cells``, ``scene_seed`` (see the module docstring)."""
     if task not in TASKS:
         raise EnvOptionError(f"unknown nav task {task!r}; closest: {', '.join(closest(task, TASKS)) or 'none'}")
     is_pointmaze = task in POINTMAZE_TASKS

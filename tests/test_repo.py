@@ -349,3 +349,26 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     written = {path: path.stat().st_mtime_ns for path in [*probes, summary]}
     bench.main(argv)  # (trials run in worker processes: what they reuse shows in the files they leave alone)
     assert {path: path.stat().st_mtime_ns for path in written} == written
+
+
+def test_bench_continues_a_shorter_finished_run_instead_of_starting_again(tmp_path):
+    from embodied.bench.offline_rl import read_evals, train_once
+
+    def config(steps, **train):
+        return raw_config(tmp_path, steps=steps, eval_every=50, checkpoint_every=steps, name="run", **train)
+
+    run_dir, evals = train_once(config(50), extend=True)
+    first_checkpoint = (run_dir / "checkpoints" / "step_50.pt").stat().st_mtime_ns
+    run_dir, evals = train_once(config(100, log_every=50), extend=True)
+    # continued: the first run's evaluation and checkpoint are kept, the new steps appended
+    assert [row["step"] for row in evals] == [50, 100]
+    assert (run_dir / "checkpoints" / "step_50.pt").stat().st_mtime_ns == first_checkpoint
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["steps"] == 100
+    written = (run_dir / "eval.csv").stat().st_mtime_ns
+    assert train_once(config(100, log_every=50), extend=True)[1] == evals  # finished: read, not run
+    assert (run_dir / "eval.csv").stat().st_mtime_ns == written
+    # any other difference, or no extend, starts again
+    run_dir, evals = train_once(config(150, eval_episodes=2), extend=True)
+    assert not (run_dir / "checkpoints" / "step_50.pt").exists() and [r["step"] for r in evals] == [50, 100, 150]
+    run_dir, evals = train_once(config(200))
+    assert not (run_dir / "checkpoints" / "step_150.pt").exists() and read_evals(run_dir / "eval.csv") == evals

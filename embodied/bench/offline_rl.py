@@ -150,11 +150,21 @@ def input_times(config) -> list[float]:
             if path.is_file() and (path.parent != labels or path == own)]  # fmt: skip
 
 
-def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
+#: Settings a run may differ in and still be continued to more steps (see :func:`train_once`).
+EXTENDABLE_KEYS = ("steps", "log_every", "checkpoint_every")
+
+
+def train_once(config_dict: dict, extend: bool = False) -> tuple[Path, list[dict]]:
     """One run, or the finished run already on disk if it ran with this very config on the
     data as it is now; its evaluations. A run left unfinished, made with other settings
     (more evaluation episodes, say), or older than its dataset (MTM's labelled copy,
-    rewritten by a retrained labeller under the same name), is started again in its place."""
+    rewritten by a retrained labeller under the same name), is started again in its place.
+
+    With ``extend``, a run that finished fewer steps of the same config (only ``train.steps``,
+    ``log_every`` or ``checkpoint_every`` differ) and checkpointed there is continued from
+    that checkpoint to the new step count, as ``embodied train --resume`` would, instead of
+    being started again: for agents whose training does not depend on the total step count
+    (no schedules over it), so budgets can grow across sessions."""
     import yaml
 
     from embodied.run.config import parse
@@ -163,17 +173,35 @@ def train_once(config_dict: dict) -> tuple[Path, list[dict]]:
     config = parse(config_dict)
     run_dir = Path(config.train.run_dir) / run_name(config)
     eval_csv, saved = run_dir / "eval.csv", run_dir / "config.yaml"
-    finished = eval_csv.exists() and str(config.train.steps) in eval_csv.read_text().splitlines()[-1].split(",")[0]
-    same = saved.exists() and yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(config.to_dict()))
-    if finished and same and config.data.name:
-        finished = all(written <= eval_csv.stat().st_mtime for written in input_times(config))
-    if not (finished and same):
-        if run_dir.exists():
-            import shutil
+    last_step = int(read_evals(eval_csv)[-1]["step"]) if eval_csv.exists() and read_evals(eval_csv) else None
+    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    previous = yaml.safe_load(saved.read_text()) if saved.exists() else None
+    finished = previous is not None and last_step == previous["train"]["steps"]
+    if finished and previous == wanted:
+        if not config.data.name or all(written <= eval_csv.stat().st_mtime for written in input_times(config)):
+            return run_dir, read_evals(eval_csv)
+    elif extend and finished and last_step < config.train.steps and _same_but_length(previous, wanted) and (
+            run_dir / "checkpoints" / f"step_{last_step}.pt").exists():  # fmt: skip
+        temporary = saved.with_suffix(".yaml.tmp")
+        temporary.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        temporary.replace(saved)
+        train(resume=run_dir)
+        return run_dir, read_evals(eval_csv)
+    if run_dir.exists():
+        import shutil
 
-            shutil.rmtree(run_dir)
-        train(config)
+        shutil.rmtree(run_dir)
+    train(config)
     return run_dir, read_evals(eval_csv)
+
+
+def _same_but_length(previous: dict, wanted: dict) -> bool:
+    """Whether two saved configs differ at most in how long the run is (EXTENDABLE_KEYS)."""
+
+    def without_length(config: dict) -> dict:
+        return {**config, "train": {k: v for k, v in config["train"].items() if k not in EXTENDABLE_KEYS}}
+
+    return without_length(previous) == without_length(wanted)
 
 
 def label_with_mtm(labeller_dir: Path, source: str, name: str) -> None:

@@ -23,7 +23,9 @@ World-model speed (updates/s at the benchmark's size, one torch thread) is timed
 process after the runs, for both objectives.
 
 A rerun reuses what an earlier one finished under ``--run-dir``: control runs, alignments
-and probes with the same settings.
+and probes with the same settings. A control run that finished fewer ``--steps`` with the
+same evaluation interval (``--steps / --evals``) is continued from its last checkpoint, so
+a longer budget builds on a shorter one (its alignment is then redone).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def run_trial(trial: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    run_dir, evals = train_once(trial["config"])
+    run_dir, evals = train_once(trial["config"], extend=True)  # RePo has no schedule over the total steps
     result = {key: trial[key] for key in ("env", "distractors", "objective", "seed")} | {
         "run_dir": str(run_dir), "evals": evals}  # fmt: skip
     if trial.get("align_to"):
@@ -89,7 +91,9 @@ def run_trial(trial: dict) -> dict:
 
         saved = run_dir / "align" / "bench" / "summary.json"
         summary = json.loads(saved.read_text()) if saved.exists() else {}
-        if (summary.get("target_options"), summary.get("steps")) != (trial["align_to"], trial["align_steps"]):
+        final = f"step_{int(evals[-1]['step'])}.pt"  # an alignment of a shorter run's checkpoint is redone
+        if (summary.get("target_options"), summary.get("steps"), Path(summary.get("checkpoint", "")).name) != (
+                trial["align_to"], trial["align_steps"], final):  # fmt: skip
             summary = align_run(run_dir, trial["align_to"], trial["align_steps"], episodes=trial["eval_episodes"],
                                 seed=trial["seed"], name="bench")  # fmt: skip
         result["align"] = {key: summary[key]["eval/return"] for key in

@@ -136,7 +136,7 @@ def test_repo_trains_no_encoder_on_pixels_and_dreamer_does():
 
 
 def test_dreamer_frees_nats_per_step_so_the_prior_learns_under_a_low_mean_kl():
-    """Dreamer v1 (and RePo's baseline) clamp each step's KL at free_nats before averaging: with
+    """RePo's Dreamer baseline clamps each step's KL at free_nats before averaging: with
     the batch's mean KL under free_nats, the steps over it still train the prior."""
     env = make_env()
     agent = agent_in(env, objective="dreamer")

@@ -14,7 +14,8 @@ its KL. β ≥ 0 is a Lagrange multiplier enforcing KL_bal ≤ target_kl: gradie
 log β with loss −log β · (KL_bal − target_kl). A decoder is still trained on *detached*
 latents, as a probe of what the latent holds (it changes nothing upstream). With
 ``objective: dreamer`` the decoder's reconstruction joins the model loss and the KL term
-is Dreamer v1's, max(KL(q ‖ p), free_nats) per step, averaged.
+is max(KL(q ‖ p), free_nats) per step, averaged, as RePo's Dreamer baseline has it
+(dreamer.py, after dreamer-pytorch; Dreamer v1's TF code clamps the batch's mean instead).
 
 Behaviour (Dreamer v1, both objectives): from every posterior state of a batch, the actor
 imagines ``horizon`` steps in the frozen model; the λ-returns of predicted rewards and
@@ -259,8 +260,8 @@ class RePo(Agent):
             loss = reward_loss + obs_loss + self.log_beta.exp().detach() * (kl_balanced - c.target_kl)
         else:
             kl_balanced = kl
-            # free nats per step, then the mean (Dreamer v1, RePo's dreamer.py): steps over the
-            # budget keep training the prior even when the batch's mean KL is under it
+            # free nats per step, then the mean (RePo's dreamer.py; Dreamer v1's TF code clamps the
+            # mean): steps over the budget keep training the prior when the batch's mean KL is under it
             loss = reward_loss + obs_loss + torch.clamp(kl_steps, min=c.free_nats).mean()
         inverse_loss = self.inverse_dynamics_loss(posterior.detach(), batch)
         metrics = {"reward_loss": reward_loss, "obs_loss": obs_loss, "kl": kl, "inverse_loss": inverse_loss}

@@ -233,12 +233,38 @@ def test_state_vectors_work_too():
     assert agent.act(env.reset(seed=0)[0]).shape == (2,)
 
 
+def test_model_pretrain_trains_the_world_model_alone_once_before_the_first_round():
+    env = make_env()
+    agent = agent_in(env, model_pretrain=5)  # prefill 30, a round of 2 updates every 10 steps
+    calls = []
+    world_model_step, full_update = agent.update_world_model, agent.update
+    actor = [p.detach().clone() for p in agent.actor.parameters()]
+    encoder = [p.detach().clone() for p in agent.encoder.parameters()]
+
+    def update(batch):
+        # the actor is untouched until the first full update, the world model already trained
+        calls.append(("full", all(torch.equal(a, p) for a, p in zip(actor, agent.actor.parameters())),
+                      all(torch.equal(e, p) for e, p in zip(encoder, agent.encoder.parameters()))))  # fmt: skip
+        return full_update(batch)
+
+    agent.update_world_model = lambda batch: (calls.append(("model",)), world_model_step(batch))[1]
+    agent.update = update
+    agent.learn(29, lambda *step: None)
+    assert calls == []  # nothing during the prefill
+    agent.train_round()
+    # five world-model steps alone, then the round's two full updates (each with its world-model step)
+    assert calls[:5] == [("model",)] * 5 and calls[5] == ("full", True, False) and len(calls) == 5 + 2 * 2
+    agent.train_round()
+    assert len(calls) == 5 + 4 * 2  # once only
+
+
 def test_bad_configs_are_refused_with_the_key(tmp_path):
     for key, value, match in (("objective", "world", "objective must be one of repo, dreamer"),
                               ("alignment", "exact", "alignment must be one of"),
                               ("seq_len", 1, "seq_len must be >= 2"),
                               ("actor_min_std", 0.0, "actor_min_std must be > 0"),
-                              ("actor_layers", 0, "actor_layers must be >= 1")):  # fmt: skip
+                              ("actor_layers", 0, "actor_layers must be >= 1"),
+                              ("model_pretrain", -1, "model_pretrain must be >= 0")):  # fmt: skip
         raw = raw_config(tmp_path)
         raw["algo"][key] = value
         with pytest.raises(ConfigError, match=match):

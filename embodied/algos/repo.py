@@ -100,6 +100,10 @@ class RePoConfig:
     prefill: int = 5000  # uniform random actions before the first update
     train_every: int = 500  # env steps between rounds of updates
     train_steps: int = 100  # updates per round
+    # world-model-only updates on the prefill data before the first round (not in RePo's code, which
+    # starts the actor at once; Dreamer v1 runs 100 full updates first): on a small budget the actor
+    # otherwise learns from a model that does not yet predict reward, and its actions saturate
+    model_pretrain: int = 0
     # test-time alignment (RePo's adapt_repo.py)
     inverse_hidden: int = 512  # inverse-dynamics head width (trained with the model, on detached latents)
     alignment: str = "support"  # "support": τ-reweighted source side; "distribution": plain adversarial matching
@@ -123,6 +127,8 @@ class RePoConfig:
         for key in ("batch_size", "seq_len", "buffer_size", "train_every", "train_steps", "horizon", "actor_layers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
+        if self.model_pretrain < 0:
+            raise ValueError(f"algo.model_pretrain must be >= 0, got {self.model_pretrain}")
         if self.seq_len < 2:
             raise ValueError(f"algo.seq_len must be >= 2 (the model learns from transitions), got {self.seq_len}")
 
@@ -427,6 +433,9 @@ class RePo(Agent):
     def train_round(self) -> None:
         c = self.config
         length = min(c.seq_len, len(self.replay))
+        if self.updates == 0:  # the first round (also after resuming a checkpoint taken before it)
+            for _ in range(c.model_pretrain):
+                self.update_world_model(self.replay.sample(c.batch_size, length, self.rng, self.device))
         for _ in range(c.train_steps):
             metrics = self.update(self.replay.sample(c.batch_size, length, self.rng, self.device))
             for key, value in metrics.items():

@@ -393,6 +393,12 @@ def test_bench_continues_a_shorter_finished_run_instead_of_starting_again(tmp_pa
     written = (run_dir / "eval.csv").stat().st_mtime_ns
     assert train_once(config(100, log_every=50), extend=True)[1] == evals  # finished: read, not run
     assert (run_dir / "eval.csv").stat().st_mtime_ns == written
+    # a key added since (here: dropped from the saved config) at its default keeps a finished run
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["algo"]["model_pretrain"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert train_once(config(100, log_every=50), extend=True)[1] == evals
+    assert (run_dir / "eval.csv").stat().st_mtime_ns == written
     # any other difference, or no extend, starts again
     run_dir, evals = train_once(config(150, eval_episodes=2), extend=True)
     assert not (run_dir / "checkpoints" / "step_50.pt").exists() and [r["step"] for r in evals] == [50, 100, 150]

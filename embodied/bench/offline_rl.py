@@ -175,7 +175,7 @@ def train_once(config_dict: dict, extend: bool = False) -> tuple[Path, list[dict
     eval_csv, saved = run_dir / "eval.csv", run_dir / "config.yaml"
     last_step = int(read_evals(eval_csv)[-1]["step"]) if eval_csv.exists() and read_evals(eval_csv) else None
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
-    previous = yaml.safe_load(saved.read_text()) if saved.exists() else None
+    previous = _saved_config(saved)
     finished = previous is not None and last_step == previous["train"]["steps"]
     if finished and previous == wanted:
         if not config.data.name or all(written <= eval_csv.stat().st_mtime for written in input_times(config)):
@@ -193,6 +193,22 @@ def train_once(config_dict: dict, extend: bool = False) -> tuple[Path, list[dict
         shutil.rmtree(run_dir)
     train(config)
     return run_dir, read_evals(eval_csv)
+
+
+def _saved_config(saved: Path) -> dict | None:
+    """A run's saved config with today's defaults filled in (a key added since, at its default,
+    keeps the old behaviour, so it does not make a finished run stale); None if it is missing or
+    no longer parses."""
+    import yaml
+
+    from embodied.run.config import ConfigError, parse
+
+    if not saved.exists():
+        return None
+    try:
+        return yaml.safe_load(yaml.safe_dump(parse(yaml.safe_load(saved.read_text())).to_dict()))
+    except (ConfigError, ValueError, TypeError, KeyError):
+        return None
 
 
 def _same_but_length(previous: dict, wanted: dict) -> bool:

@@ -367,6 +367,7 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     assert control.count("(success ") == 2  # nav reports success: each objective's cell carries its rate
     # fixed policies for scale, in the runs' own scene: the scripted one reaches the goal
     assert "| nav/open-v0 | uniform random |" in text and "| nav/open-v0 | zero action |" in text
+    assert "| nav/open-v0 | best constant action (of 8 directions) |" in text
     scripted = next(line for line in text.splitlines() if line.startswith("| nav/open-v0 | scripted |"))
     assert scripted.endswith("| 1.00 |")
     probes = sorted((tmp_path / "runs" / "probes").glob("*.json"))

@@ -181,8 +181,9 @@ def task_options(env_id: str) -> dict:
 def reference_returns(env_id: str, episodes: int) -> dict[str, dict[str, float]]:
     """Return (and success rate, where the env reports one) of fixed policies in the control
     runs' env, for scale: uniform random actions, zero actions, and the suite's scripted
-    policy where it has one. The state is observed (the policies ignore it), the other
-    options are the runs' own."""
+    policy where it has one; in a 2-D action space also the best single action held all
+    episode (of 8 directions), what an agent that ignores its view can reach. The state is
+    observed (the policies ignore it), the other options are the runs' own."""
     import embodied
     from embodied.envs import scripted_policy
     from embodied.run.rollout import random_policy, rollout
@@ -198,6 +199,15 @@ def reference_returns(env_id: str, episodes: int) -> dict[str, dict[str, float]]
     for name, policy in policies.items():
         result = rollout(env, policy, episodes, seed=10_000)
         references[name] = {"return": result.mean_return, "success_rate": result.success_rate}
+    if env.action_space.shape == (2,):
+        # one action held all episode, the best of 8 directions: a policy that ignores what it sees
+        constant = []
+        for angle in np.arange(8) * np.pi / 4:
+            action = np.clip(np.array([np.cos(angle), np.sin(angle)], np.float32),
+                             env.action_space.low, env.action_space.high)  # fmt: skip
+            result = rollout(env, lambda _obs, action=action: action, episodes, seed=10_000)
+            constant.append({"return": result.mean_return, "success_rate": result.success_rate})
+        references["best constant action (of 8 directions)"] = max(constant, key=lambda r: r["return"])
     env.close()
     return references
 

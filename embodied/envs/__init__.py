@@ -104,6 +104,8 @@ def make(env_id: str, **options: Any) -> gym.Env:
     ``image_size`` (int or (H, W)), ``camera``, ``distractors`` (see
     :mod:`embodied.envs.distractors`), ``frame_stack``, ``action_repeat``, and
     ``max_episode_steps``. Suites add their own (see each suite module).
+    ``max_episode_steps`` (and each suite's default limit) counts the agent's steps: with
+    ``action_repeat=k`` an episode runs k times as many simulator steps.
     """
     return gym.make(resolve(env_id), **options)
 

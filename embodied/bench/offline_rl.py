@@ -173,13 +173,14 @@ def train_once(config_dict: dict, extend: bool = False) -> tuple[Path, list[dict
     config = parse(config_dict)
     run_dir = Path(config.train.run_dir) / run_name(config)
     eval_csv, saved = run_dir / "eval.csv", run_dir / "config.yaml"
-    last_step = int(read_evals(eval_csv)[-1]["step"]) if eval_csv.exists() and read_evals(eval_csv) else None
-    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    evals = read_evals(eval_csv) if eval_csv.exists() else []
+    last_step = int(evals[-1]["step"]) if evals else None
+    wanted = _plain(config)
     previous = _saved_config(saved)
     finished = previous is not None and last_step == previous["train"]["steps"]
     if finished and previous == wanted:
         if not config.data.name or all(written <= eval_csv.stat().st_mtime for written in input_times(config)):
-            return run_dir, read_evals(eval_csv)
+            return run_dir, evals
     elif extend and finished and last_step < config.train.steps and _same_but_length(previous, wanted) and (
             run_dir / "checkpoints" / f"step_{last_step}.pt").exists():  # fmt: skip
         temporary = saved.with_suffix(".yaml.tmp")
@@ -195,6 +196,13 @@ def train_once(config_dict: dict, extend: bool = False) -> tuple[Path, list[dict
     return run_dir, read_evals(eval_csv)
 
 
+def _plain(config) -> dict:
+    """A parsed config as plain YAML data, the form saved beside a run."""
+    import yaml
+
+    return yaml.safe_load(yaml.safe_dump(config.to_dict()))
+
+
 def _saved_config(saved: Path) -> dict | None:
     """A run's saved config with today's defaults filled in (a key added since, at its default,
     keeps the old behaviour, so it does not make a finished run stale); None if it is missing or
@@ -206,7 +214,7 @@ def _saved_config(saved: Path) -> dict | None:
     if not saved.exists():
         return None
     try:
-        return yaml.safe_load(yaml.safe_dump(parse(yaml.safe_load(saved.read_text())).to_dict()))
+        return _plain(parse(yaml.safe_load(saved.read_text())))
     except (ConfigError, ValueError, TypeError, KeyError):
         return None
 

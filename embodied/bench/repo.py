@@ -57,12 +57,17 @@ CPU_SIZES = {
 IMAGE_SIZE = 32
 
 
+def env_config(env_id: str) -> dict:
+    """The shipped config the bench's runs of ``env_id`` start from, as raw YAML data."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / "repo" / CONFIGS[env_id]).read_text())
+
+
 def trial_config(env_id: str, distractors: str, objective: str, seed: int, args) -> dict:
     from embodied.run.config import apply_overrides
 
-    import yaml
-
-    raw = yaml.safe_load((ROOT / "configs" / "repo" / CONFIGS[env_id]).read_text())
+    raw = env_config(env_id)
     raw["algo"] = {"name": objective, **CPU_SIZES}
     options = dict(raw["env"]["options"])
     options["image_size"] = IMAGE_SIZE
@@ -172,9 +177,7 @@ def _probe(trial: dict) -> dict:
 def task_options(env_id: str) -> dict:
     """The env options of the env's config other than the observation and the distractors,
     which the bench sets itself."""
-    import yaml
-
-    options = yaml.safe_load((ROOT / "configs" / "repo" / CONFIGS[env_id]).read_text())["env"]["options"]
+    options = env_config(env_id)["env"]["options"]
     return {k: v for k, v in options.items() if k not in ("obs", "image_size", "distractors")}
 
 

@@ -378,6 +378,25 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     assert {path: path.stat().st_mtime_ns for path in written} == written
 
 
+def test_bench_runs_the_agents_on_the_state_too_without_distractors_or_alignment(tmp_path, monkeypatch):
+    from embodied.bench import repo as bench
+
+    monkeypatch.setattr(bench, "CPU_SIZES", {**TINY, "prefill": 50, "train_every": 25, "train_steps": 1})
+    out = tmp_path / "repo_state.md"
+    argv = ["--envs", "nav/open-v0", "--seeds", "0", "--steps", "100", "--evals", "1", "--eval-episodes", "1",
+            "--probe-updates", "0", "--workers", "1", "--run-dir", str(tmp_path / "runs"), "--out", str(out), "--obs",
+            "state"]  # fmt: skip
+    with pytest.raises(SystemExit, match="--obs state: distractors are drawn in pixels.*video,noisy_tv"):
+        bench.main(argv)  # the default distractors are visual
+    assert not out.exists() and not (tmp_path / "runs").exists()
+    bench.main([*argv, "--distractors", "none"])
+    text = out.read_text()
+    assert "State observations (no pixels)" in text and "pixels, sizes" not in text
+    assert "| nav/open-v0 | none |" in text and "## Test-time alignment" not in text
+    config = yaml.safe_load((tmp_path / "runs" / "repo-nav-open-v0-none-state-seed0" / "config.yaml").read_text())
+    assert config["env"]["options"]["obs"] == "state" and "image_size" not in config["env"]["options"]
+
+
 def test_bench_continues_a_shorter_finished_run_instead_of_starting_again(tmp_path):
     from embodied.bench.offline_rl import read_evals, train_once
 

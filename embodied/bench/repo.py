@@ -22,6 +22,10 @@ Three parts, each written to ``--out`` (Markdown), a CSV and a plot:
 World-model speed (updates/s at the benchmark's size, one torch thread) is timed in this
 process after the runs, for both objectives.
 
+``--obs state`` runs the same agents on the env's state vector instead of pixels (no
+distractors, which are visual, and no alignment): what the agents reach when the pixels are
+taken out, at the same budget.
+
 A rerun reuses what an earlier one finished under ``--run-dir``: control runs, alignments
 and probes with the same settings. A control run that finished fewer ``--steps`` with the
 same evaluation interval (``--steps / --evals``) is continued from its last checkpoint, so
@@ -70,12 +74,16 @@ def trial_config(env_id: str, distractors: str, objective: str, seed: int, args)
     raw = env_config(env_id)
     raw["algo"] = {"name": objective, **CPU_SIZES}
     options = dict(raw["env"]["options"])
-    options["image_size"] = IMAGE_SIZE
+    options["obs"] = args.obs
+    if args.obs == "pixels":
+        options["image_size"] = IMAGE_SIZE
+    else:
+        options.pop("image_size", None)
     options.pop("distractors", None)
     if distractors != "none":
         options["distractors"] = distractors
     raw["env"]["options"] = options
-    tag = distractors.replace(",", "+")
+    tag = distractors.replace(",", "+") + ("-state" if args.obs == "state" else "")  # pixel runs keep their names
     raw["train"] = {
         "steps": args.steps, "seed": seed, "eval_every": args.steps // args.evals, "eval_episodes": args.eval_episodes,
         "log_every": max(1, args.steps // 20), "checkpoint_every": args.steps, "run_dir": str(args.run_dir),
@@ -215,13 +223,13 @@ def reference_returns(env_id: str, episodes: int) -> dict[str, dict[str, float]]
     return references
 
 
-def speed_agent(env_id: str, objective: str, device: str = "cpu", compiled: bool = False):
-    """A RePo or Dreamer agent at the benchmark's size (pixels) with a filled replay, and
-    a function that runs one world-model + behaviour update on a fresh batch."""
+def speed_agent(env_id: str, objective: str, device: str = "cpu", compiled: bool = False, obs: str = "pixels"):
+    """A RePo or Dreamer agent at the benchmark's size (``obs``: pixels or state) with a filled
+    replay, and a function that runs one world-model + behaviour update on a fresh batch."""
     import embodied
     from embodied.algos.repo import Dreamer, RePo, RePoConfig
 
-    env = embodied.make(env_id, obs="pixels", image_size=IMAGE_SIZE)
+    env = embodied.make(env_id, obs=obs, **({"image_size": IMAGE_SIZE} if obs == "pixels" else {}))
     config = RePoConfig(objective=objective, **{**CPU_SIZES, "prefill": 10**9})
     agent = (RePo if objective == "repo" else Dreamer)(config, env.observation_space, env.action_space, device)
     agent.seed(0)
@@ -237,12 +245,12 @@ def speed_agent(env_id: str, objective: str, device: str = "cpu", compiled: bool
     return agent, update
 
 
-def update_speed(env_id: str, objective: str, updates: int = 20) -> float:
-    """World-model + behaviour updates/s at the benchmark's size (pixels), one torch thread."""
+def update_speed(env_id: str, objective: str, updates: int = 20, obs: str = "pixels") -> float:
+    """World-model + behaviour updates/s at the benchmark's size, one torch thread."""
     import torch
 
     torch.set_num_threads(1)
-    _, update = speed_agent(env_id, objective)
+    _, update = speed_agent(env_id, objective, obs=obs)
     update()  # warm-up
     return calls_per_second(update, updates)
 
@@ -253,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--distractors", nargs="+", default=["none", "video,noisy_tv"])
     parser.add_argument("--objectives", nargs="+", default=["repo", "dreamer"], choices=["repo", "dreamer"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--obs", choices=["pixels", "state"], default="pixels",
+                        help="what the agents see (state: no distractors, no alignment)")
     parser.add_argument("--steps", type=int, default=6000, help="env steps per control run (0: skip the runs)")
     parser.add_argument("--evals", type=int, default=6)
     parser.add_argument("--eval-episodes", type=int, default=10)
@@ -269,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m embodied.bench.repo " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.steps and args.steps % args.evals:
         raise SystemExit(f"--steps {args.steps} must be a multiple of --evals {args.evals}")
+    if args.obs == "state" and args.distractors != ["none"]:
+        raise SystemExit(f"--obs state: distractors are drawn in pixels and a state has none; use --distractors none "
+                         f"(got {' '.join(args.distractors)})")
     import yaml
 
     align_to = dict((k.strip(), yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in args.align_to.split(";")))
@@ -285,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         for distractors in args.distractors:
             for objective in args.objectives:
                 for seed in args.seeds:
-                    aligned = objective == "repo" and distractors == "none" and args.align_steps > 0
+                    aligned = objective == "repo" and distractors == "none" and args.align_steps > 0 and args.obs == "pixels"
                     trials.append({"env": env_id, "distractors": distractors, "objective": objective, "seed": seed,
                                    "config": trial_config(env_id, distractors, objective, seed, args),
                                    "align_to": align_to if aligned else None, "align_steps": args.align_steps,
@@ -295,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         + (f", aligned {r['align']['target_before']:.2f} -> {r['align']['target_after']:.2f}" if "align" in r else "")
     )) if args.steps else []  # fmt: skip
     references = {env_id: reference_returns(env_id, max(args.eval_episodes, 30)) for env_id in args.envs}
-    speeds = {(env_id, objective): update_speed(env_id, objective) for env_id in args.envs for objective in args.objectives}
+    speeds = {(env_id, objective): update_speed(env_id, objective, obs=args.obs)
+              for env_id in args.envs for objective in args.objectives}  # fmt: skip
     write(results, probe_results, references, speeds, align_to, args, command.strip())
     print(args.out.read_text())
 
@@ -324,11 +338,12 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
     # with --set applied, as the runs saw them (in CPU_SIZES' order: the copy comes back sorted)
     shown = {**CPU_SIZES, **apply_overrides({"algo": dict(CPU_SIZES)}, args.set or [])["algo"]}
     sizes = ", ".join(f"{k} {v}" for k, v in shown.items())
+    seen = f"{IMAGE_SIZE}x{IMAGE_SIZE} pixels" if args.obs == "pixels" else "state observations (no pixels)"
     lines = [
         "# RePo against Dreamer, with and without distractors; test-time alignment; what the latent keeps",
         "",
         f"Made by `{command}` ({time.strftime('%Y-%m-%d')}, CPU, one torch thread per run, {args.workers} runs at a "
-        f"time). {IMAGE_SIZE}x{IMAGE_SIZE} pixels, sizes shrunk for the CPU ({sizes}; RePo's are Dreamer v1's), "
+        f"time). {seen.capitalize()}, sizes shrunk for the CPU ({sizes}; RePo's are Dreamer v1's), "
         f"{args.steps} env steps per run, evaluation return of the deterministic policy over {args.eval_episodes} "
         f"episodes, mean ± std over seeds {', '.join(map(str, args.seeds))}. Env options from "
         + "; ".join(f"`configs/repo/{CONFIGS[env_id]}` ({env_settings(env_id)})" for env_id in args.envs) + ".",
@@ -353,7 +368,7 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
             for name, reference in policies.items():
                 success = reference["success_rate"]
                 lines.append(f"| {env_id} | {name} | {reference['return']:.2f} | "
-                             f"{'' if success is None else f'{success:.2f}'} |")  # fmt: skip
+                             f"{'n/a' if success is None else f'{success:.2f}'} |")  # fmt: skip
     aligned = [r for r in results if "align" in r]
     if aligned:
         target = ", ".join(f"{k}={v}" for k, v in align_to.items())
@@ -382,7 +397,7 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
     if speeds:
         lines += ["", "## Speed", "",
                   f"Updates/s (world model and actor-critic, batch {CPU_SIZES['batch_size']} x {CPU_SIZES['seq_len']}, "
-                  f"{IMAGE_SIZE}x{IMAGE_SIZE} pixels, horizon 15) in this process with one torch thread, after the runs. "
+                  f"{seen}, horizon 15) in this process with one torch thread, after the runs. "
                   "No GPU was lent to this task.", "",
                   "| env | " + " | ".join(args.objectives) + " |", "|---|" + "---:|" * len(args.objectives)]  # fmt: skip
         for env_id in args.envs:

@@ -148,6 +148,35 @@ def test_action_repeat_sums_rewards_and_keeps_success():
     assert np.allclose(obs, plain.unwrapped._get_obs())
 
 
+def test_state_noise_appends_fresh_seeded_noise_and_leaves_the_state_alone():
+    plain, noisy = embodied.make("nav/open-v0"), embodied.make("nav/open-v0", state_noise=5, action_repeat=2)
+    assert noisy.observation_space.shape == (plain.observation_space.shape[0] + 5,)
+    assert noisy.observation_space.dtype == plain.observation_space.dtype
+    base, _ = plain.reset(seed=3)
+    obs, _ = noisy.reset(seed=3)
+    assert np.array_equal(obs[:-5], base) and obs.dtype == base.dtype
+    action = np.array([0.5, -0.2], np.float32)
+    noises = [obs[-5:]]
+    for _ in range(20):
+        plain.step(action)
+        expected = plain.step(action)[0]  # action_repeat=2
+        obs, *_ = noisy.step(action)
+        assert np.allclose(obs[:-5], expected) and noisy.observation_space.contains(obs)
+        noises.append(obs[-5:])
+    noises = np.array(noises)
+    assert len(np.unique(noises, axis=0)) == 21  # fresh every step, not a fixed offset
+    assert abs(noises.mean()) < 0.5 and 0.5 < noises.std() < 1.5
+    again = embodied.make("nav/open-v0", state_noise=5, action_repeat=2)
+    assert np.array_equal(again.reset(seed=3)[0][-5:], noises[0])  # the same seed, the same noise
+    assert not np.array_equal(again.reset(seed=4)[0][-5:], noises[0])
+    # state+pixels: the noise goes into the state entry; the frame is the env's own
+    both = embodied.make("nav/open-v0", obs="state+pixels", image_size=16, state_noise=3)
+    obs, _ = both.reset(seed=0)
+    assert obs["state"].shape == (plain.observation_space.shape[0] + 3,) and obs["pixels"].shape == (16, 16, 3)
+    assert both.observation_space["state"].contains(obs["state"])
+    check_env(noisy, skip_render_check=True)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -159,6 +188,9 @@ def test_action_repeat_sums_rewards_and_keeps_success():
         ({"action_repeat": 1.5}, "action_repeat"),
         ({"camera": "ceiling"}, "valid: topview"),
         ({"distractors": "noisy_tv"}, "need pixel observations"),
+        ({"state_noise": -1}, "state_noise must be an integer >= 0"),
+        ({"state_noise": 2.5}, "state_noise must be an integer >= 0"),
+        ({"state_noise": 4, "obs": "pixels"}, "obs='pixels' does not show"),
         ({"render_mode": "human"}, "render_mode"),
     ],
 )

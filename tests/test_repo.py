@@ -388,13 +388,18 @@ def test_bench_runs_the_agents_on_the_state_too_without_distractors_or_alignment
             "state"]  # fmt: skip
     with pytest.raises(SystemExit, match="--obs state: distractors are drawn in pixels.*video,noisy_tv"):
         bench.main(argv)  # the default distractors are visual
+    with pytest.raises(SystemExit, match="--distractors noise appends noise to a state"):
+        bench.main([*argv[:-2], "--distractors", "noise"])  # and the state's noise is not a frame's
     assert not out.exists() and not (tmp_path / "runs").exists()
-    bench.main([*argv, "--distractors", "none"])
+    bench.main([*argv, "--distractors", "none", "noise", "--noise-dims", "3"])
     text = out.read_text()
-    assert "State observations (no pixels)" in text and "pixels, sizes" not in text
-    assert "| nav/open-v0 | none |" in text and "## Test-time alignment" not in text
-    config = yaml.safe_load((tmp_path / "runs" / "repo-nav-open-v0-none-state-seed0" / "config.yaml").read_text())
-    assert config["env"]["options"]["obs"] == "state" and "image_size" not in config["env"]["options"]
+    assert "State observations (no pixels); distractors `noise`: 3 fresh" in text and "pixels, sizes" not in text
+    assert "| nav/open-v0 | none |" in text and "| nav/open-v0 | noise |" in text
+    assert "## Test-time alignment" not in text
+    for tag, noise in (("none", None), ("noise", 3)):
+        config = yaml.safe_load((tmp_path / "runs" / f"repo-nav-open-v0-{tag}-state-seed0" / "config.yaml").read_text())
+        options = config["env"]["options"]
+        assert options["obs"] == "state" and "image_size" not in options and options.get("state_noise") == noise
 
 
 def test_bench_continues_a_shorter_finished_run_instead_of_starting_again(tmp_path):

@@ -22,9 +22,10 @@ Three parts, each written to ``--out`` (Markdown), a CSV and a plot:
 World-model speed (updates/s at the benchmark's size, one torch thread) is timed in this
 process after the runs, for both objectives.
 
-``--obs state`` runs the same agents on the env's state vector instead of pixels (no
-distractors, which are visual, and no alignment): what the agents reach when the pixels are
-taken out, at the same budget.
+``--obs state`` runs the same agents on the env's state vector instead of pixels, at the
+same budget, without alignment (new colours do not change a state). Its distractors are
+``none`` or ``noise``: ``--noise-dims`` fresh N(0, 1) numbers appended to the state each step
+(the env option ``state_noise``), the "noisy TV" of the latent probe, now in control runs.
 
 A rerun reuses what an earlier one finished under ``--run-dir``: control runs, alignments
 and probes with the same settings. A control run that finished fewer ``--steps`` with the
@@ -80,7 +81,9 @@ def trial_config(env_id: str, distractors: str, objective: str, seed: int, args)
     else:
         options.pop("image_size", None)
     options.pop("distractors", None)
-    if distractors != "none":
+    if distractors == "noise":
+        options["state_noise"] = args.noise_dims
+    elif distractors != "none":
         options["distractors"] = distractors
     raw["env"]["options"] = options
     tag = distractors.replace(",", "+") + ("-state" if args.obs == "state" else "")  # pixel runs keep their names
@@ -115,25 +118,6 @@ def run_trial(trial: dict) -> dict:
 
 
 # --- the latent probe ----------------------------------------------------------------------
-def noisy_state_env(noise_dims: int, seed: int):
-    """nav/open-v0's state with ``noise_dims`` fresh N(0, 1) numbers appended every step."""
-    import gymnasium as gym
-
-    import embodied
-
-    class AppendNoise(gym.ObservationWrapper):
-        def __init__(self, env):
-            super().__init__(env)
-            low = np.concatenate([env.observation_space.low, np.full(noise_dims, -np.inf)]).astype(np.float32)
-            self.observation_space = gym.spaces.Box(low, -low, dtype=np.float32)
-            self.noise = np.random.default_rng(seed + 7919)
-
-        def observation(self, observation):
-            return np.concatenate([observation, self.noise.standard_normal(noise_dims)]).astype(np.float32)
-
-    return AppendNoise(embodied.make("nav/open-v0", terminate_on_success=False))
-
-
 def probe_trial(trial: dict) -> dict:
     """Train a world model on random-policy data and measure what its latent holds (a result
     saved under ``trial['cache']`` for the same settings is read instead)."""
@@ -149,7 +133,10 @@ def _probe(trial: dict) -> dict:
 
     torch.set_num_threads(1)
     torch.manual_seed(trial["seed"])
-    env = noisy_state_env(trial["noise_dims"], trial["seed"])
+    import embodied
+
+    env = embodied.make("nav/open-v0", terminate_on_success=False, state_noise=trial["noise_dims"])
+    env.reset(seed=trial["seed"])  # seeds the scenes and the noise; the agent's resets continue both streams
     sizes = {k: v for k, v in CPU_SIZES.items() if k not in ("prefill", "train_every", "train_steps")}
     config = RePoConfig(objective=trial["objective"], **sizes, prefill=10**9)  # random actions only, no updates
     agent = (RePo if trial["objective"] == "repo" else Dreamer)(config, env.observation_space, env.action_space, "cpu")
@@ -279,9 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m embodied.bench.repo " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.steps and args.steps % args.evals:
         raise SystemExit(f"--steps {args.steps} must be a multiple of --evals {args.evals}")
-    if args.obs == "state" and args.distractors != ["none"]:
-        raise SystemExit(f"--obs state: distractors are drawn in pixels and a state has none; use --distractors none "
-                         f"(got {' '.join(args.distractors)})")
+    if args.obs == "state" and not set(args.distractors) <= {"none", "noise"}:
+        raise SystemExit(f"--obs state: distractors are drawn in pixels; a state's are none or noise (--noise-dims "
+                         f"N(0, 1) dims appended), got {' '.join(args.distractors)}")
+    if args.obs == "pixels" and "noise" in args.distractors:
+        raise SystemExit("--distractors noise appends noise to a state (--obs state); in frames, noisy_tv draws it")
     import yaml
 
     align_to = dict((k.strip(), yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in args.align_to.split(";")))
@@ -339,6 +328,8 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
     shown = {**CPU_SIZES, **apply_overrides({"algo": dict(CPU_SIZES)}, args.set or [])["algo"]}
     sizes = ", ".join(f"{k} {v}" for k, v in shown.items())
     seen = f"{IMAGE_SIZE}x{IMAGE_SIZE} pixels" if args.obs == "pixels" else "state observations (no pixels)"
+    if "noise" in args.distractors:
+        seen += f"; distractors `noise`: {args.noise_dims} fresh N(0, 1) numbers appended to the state each step"
     lines = [
         "# RePo against Dreamer, with and without distractors; test-time alignment; what the latent keeps",
         "",

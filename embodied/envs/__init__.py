@@ -102,7 +102,8 @@ def make(env_id: str, **options: Any) -> gym.Env:
 
     Options every suite accepts: ``obs`` ("state" | "pixels" | "state+pixels"),
     ``image_size`` (int or (H, W)), ``camera``, ``distractors`` (see
-    :mod:`embodied.envs.distractors`), ``frame_stack``, ``action_repeat``, and
+    :mod:`embodied.envs.distractors`), ``state_noise`` (dims of fresh N(0, 1) noise
+    appended to the state each step), ``frame_stack``, ``action_repeat``, and
     ``max_episode_steps``. Suites add their own (see each suite module).
     ``max_episode_steps`` (and each suite's default limit) counts the agent's steps: with
     ``action_repeat=k`` an episode runs k times as many simulator steps.

@@ -2,18 +2,19 @@
 
 Every suite's factory builds its bare simulator env (which must render ``image_size``
 frames from ``camera`` through ``render()``) and hands it to :func:`apply_options`, so
-``obs``, ``image_size``, ``camera``, ``distractors``, ``frame_stack``,
+``obs``, ``image_size``, ``camera``, ``distractors``, ``state_noise``, ``frame_stack``,
 ``action_repeat``, ``reward`` and ``reward_code`` mean the same thing everywhere. The
 order is fixed: a reward program or the sparse reward innermost (a program reads the
 simulator's state after each step, and action repeat then sums its rewards;
 :mod:`embodied.envs.reward`), then action repeat (a frame is rendered once per agent
-step, not per simulator step), then pixel observations, then distractors on those
-pixels, then frame stacking.
+step, not per simulator step), then noise appended to the state, then pixel
+observations, then distractors on those pixels, then frame stacking.
 """
 
 from __future__ import annotations
 
 import difflib
+import zlib
 from typing import Any, Iterable, Mapping
 
 import gymnasium as gym
@@ -28,6 +29,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     "image_size": 64,
     "camera": None,
     "distractors": None,
+    "state_noise": 0,  # fresh N(0, 1) numbers appended to the state each step (StateNoise)
     "frame_stack": 1,
     "action_repeat": 1,
     "render_mode": "rgb_array",
@@ -106,11 +108,53 @@ def _check_common(common: dict[str, Any]) -> None:
         raise EnvOptionError(f"reward must be one of {', '.join(REWARDS)}; got {common['reward']!r}")
     if common["reward"] != "env" and common["reward_code"] is not None:
         raise EnvOptionError(f"reward={common['reward']!r} and reward_code both replace the env's reward: give one")
+    noise = common["state_noise"]
+    if not isinstance(noise, (int, np.integer)) or isinstance(noise, bool) or noise < 0:
+        raise EnvOptionError(f"state_noise must be an integer >= 0 (dims of noise), got {noise!r}")
+    if noise and common["obs"] == "pixels":
+        raise EnvOptionError("state_noise appends to the state vector, which obs='pixels' does not show: "
+                             "pass obs='state' or obs='state+pixels', or distractors= for noise in the frames")
     if common["distractors"] and common["obs"] == "state":
         raise EnvOptionError(
             "distractors change what the agent sees, so they need pixel observations: "
             "pass obs='pixels' or obs='state+pixels'"
         )
+
+
+_NOISE_STREAM_KEY = zlib.crc32(b"embodied.envs.wrappers.StateNoise")
+
+
+class StateNoise(gym.ObservationWrapper):
+    """Append ``dims`` fresh N(0, 1) numbers to the state vector every step: an
+    action-independent "noisy TV" in state space, the quick check of RePo's claim (its
+    latent should keep almost none of the noise; a reconstructing model keeps it).
+
+    ``reset(seed=s)`` reseeds the noise from ``s`` on a stream of its own (independent of
+    the env's, as for :mod:`embodied.envs.distractors`); a reset without a seed continues it.
+    """
+
+    def __init__(self, env: gym.Env, dims: int):
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise EnvOptionError(f"state_noise appends to a flat state vector; this env's state is {space}")
+        self.dims = int(dims)
+        dtype = space.dtype if np.issubdtype(space.dtype, np.floating) else np.float32
+        unbounded = np.full(self.dims, np.inf, dtype)
+        self.observation_space = gym.spaces.Box(
+            np.concatenate([space.low.astype(dtype), -unbounded]), np.concatenate([space.high.astype(dtype), unbounded]),
+            dtype=dtype,
+        )
+        self.noise_rng = np.random.default_rng()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self.noise_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_NOISE_STREAM_KEY,)))
+        return super().reset(seed=seed, options=options)
+
+    def observation(self, observation):
+        noise = self.noise_rng.standard_normal(self.dims)
+        return np.concatenate([observation, noise]).astype(self.observation_space.dtype, copy=False)
 
 
 class ActionRepeat(gym.Wrapper):
@@ -199,6 +243,8 @@ def apply_options(env: gym.Env, common: dict[str, Any]) -> gym.Env:
         env = SparseReward(env)
     if common["action_repeat"] > 1:
         env = ActionRepeat(env, common["action_repeat"])
+    if common["state_noise"]:
+        env = StateNoise(env, common["state_noise"])
     if common["obs"] != "state":
         env = PixelObservation(env, common["obs"], image_hw(common["image_size"]))
         if common["distractors"]:

@@ -393,7 +393,7 @@ def test_bench_runs_the_agents_on_the_state_too_without_distractors_or_alignment
     assert not out.exists() and not (tmp_path / "runs").exists()
     bench.main([*argv, "--distractors", "none", "noise", "--noise-dims", "3"])
     text = out.read_text()
-    assert "State observations (no pixels); distractors `noise`: 3 fresh" in text and "pixels, sizes" not in text
+    assert "State observations (no pixels) (distractors `noise`: 3 fresh N(0, 1)" in text and "pixels, sizes" not in text
     assert "| nav/open-v0 | none |" in text and "| nav/open-v0 | noise |" in text
     assert "## Test-time alignment" not in text
     for tag, noise in (("none", None), ("noise", 3)):

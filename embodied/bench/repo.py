@@ -328,13 +328,13 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
     shown = {**CPU_SIZES, **apply_overrides({"algo": dict(CPU_SIZES)}, args.set or [])["algo"]}
     sizes = ", ".join(f"{k} {v}" for k, v in shown.items())
     seen = f"{IMAGE_SIZE}x{IMAGE_SIZE} pixels" if args.obs == "pixels" else "state observations (no pixels)"
-    if "noise" in args.distractors:
-        seen += f"; distractors `noise`: {args.noise_dims} fresh N(0, 1) numbers appended to the state each step"
+    noise = (f" (distractors `noise`: {args.noise_dims} fresh N(0, 1) numbers appended to the state each step)"
+             if "noise" in args.distractors else "")  # fmt: skip
     lines = [
         "# RePo against Dreamer, with and without distractors; test-time alignment; what the latent keeps",
         "",
         f"Made by `{command}` ({time.strftime('%Y-%m-%d')}, CPU, one torch thread per run, {args.workers} runs at a "
-        f"time). {seen.capitalize()}, sizes shrunk for the CPU ({sizes}; RePo's are Dreamer v1's), "
+        f"time). {seen[0].upper() + seen[1:]}{noise}, sizes shrunk for the CPU ({sizes}; RePo's are Dreamer v1's), "
         f"{args.steps} env steps per run, evaluation return of the deterministic policy over {args.eval_episodes} "
         f"episodes, mean ± std over seeds {', '.join(map(str, args.seeds))}. Env options from "
         + "; ".join(f"`configs/repo/{CONFIGS[env_id]}` ({env_settings(env_id)})" for env_id in args.envs) + ".",

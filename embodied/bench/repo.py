@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         for distractors in args.distractors:
             for objective in args.objectives:
                 for seed in args.seeds:
-                    aligned = objective == "repo" and distractors == "none" and args.align_steps > 0 and args.obs == "pixels"
+                    aligned = (objective == "repo" and distractors == "none" and args.align_steps > 0
+                               and args.obs == "pixels")  # fmt: skip
                     trials.append({"env": env_id, "distractors": distractors, "objective": objective, "seed": seed,
                                    "config": trial_config(env_id, distractors, objective, seed, args),
                                    "align_to": align_to if aligned else None, "align_steps": args.align_steps,

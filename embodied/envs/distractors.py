@@ -68,18 +68,13 @@ MuJoCo model, shapes 0.13 ms, video 0.14 ms blended or 0.19 ms with a mask, nois
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
 
-from embodied.envs.wrappers import EnvOptionError, closest
-
-# Spawn key that separates the distractors' random stream from the env's own stream,
-# which Gymnasium derives from the same user seed.
-_SEED_STREAM_KEY = zlib.crc32(b"embodied.envs.distractors")
+from embodied.envs.wrappers import EnvOptionError, closest, stream_rng
 
 
 def _check_number(
@@ -476,7 +471,7 @@ class Distractors(gym.ObservationWrapper):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         if seed is not None:
-            self.distractor_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SEED_STREAM_KEY,)))
+            self.distractor_rng = stream_rng(seed, "embodied.envs.distractors")  # the same stream as before
         if self._enabled:
             # Before the inner reset, so new model colours are in its first rendered frame.
             self._start_episode()

@@ -94,10 +94,10 @@ def _check_common(common: dict[str, Any]) -> None:
     height, width = image_hw(common["image_size"])
     if not (8 <= height <= 2048 and 8 <= width <= 2048):
         raise EnvOptionError(f"image_size must be between 8 and 2048 pixels, got {common['image_size']!r}")
-    for key in ("frame_stack", "action_repeat"):
+    for key, least in (("frame_stack", 1), ("action_repeat", 1), ("state_noise", 0)):
         value = common[key]
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise EnvOptionError(f"{key} must be an integer >= 1, got {value!r}")
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+            raise EnvOptionError(f"{key} must be an integer >= {least}, got {value!r}")
     if common["render_mode"] not in (None, "rgb_array"):
         raise EnvOptionError(
             f"render_mode must be 'rgb_array' or None (these envs render offscreen), got {common['render_mode']!r}"
@@ -108,10 +108,7 @@ def _check_common(common: dict[str, Any]) -> None:
         raise EnvOptionError(f"reward must be one of {', '.join(REWARDS)}; got {common['reward']!r}")
     if common["reward"] != "env" and common["reward_code"] is not None:
         raise EnvOptionError(f"reward={common['reward']!r} and reward_code both replace the env's reward: give one")
-    noise = common["state_noise"]
-    if not isinstance(noise, (int, np.integer)) or isinstance(noise, bool) or noise < 0:
-        raise EnvOptionError(f"state_noise must be an integer >= 0 (dims of noise), got {noise!r}")
-    if noise and common["obs"] == "pixels":
+    if common["state_noise"] and common["obs"] == "pixels":
         raise EnvOptionError("state_noise appends to the state vector, which obs='pixels' does not show: "
                              "pass obs='state' or obs='state+pixels', or distractors= for noise in the frames")
     if common["distractors"] and common["obs"] == "state":
@@ -121,7 +118,10 @@ def _check_common(common: dict[str, Any]) -> None:
         )
 
 
-_NOISE_STREAM_KEY = zlib.crc32(b"embodied.envs.wrappers.StateNoise")
+def stream_rng(seed: int, name: str) -> np.random.Generator:
+    """A generator seeded from the user's ``seed`` on a stream of its own, named ``name``:
+    independent of the env's stream, which Gymnasium derives from the same seed."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(name.encode()),)))
 
 
 class StateNoise(gym.ObservationWrapper):
@@ -141,15 +141,13 @@ class StateNoise(gym.ObservationWrapper):
         self.dims = int(dims)
         dtype = space.dtype if np.issubdtype(space.dtype, np.floating) else np.float32
         unbounded = np.full(self.dims, np.inf, dtype)
-        self.observation_space = gym.spaces.Box(
-            np.concatenate([space.low.astype(dtype), -unbounded]), np.concatenate([space.high.astype(dtype), unbounded]),
-            dtype=dtype,
-        )
+        low = np.concatenate([space.low.astype(dtype), -unbounded])
+        self.observation_space = gym.spaces.Box(low, np.concatenate([space.high.astype(dtype), unbounded]), dtype=dtype)
         self.noise_rng = np.random.default_rng()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None:
-            self.noise_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_NOISE_STREAM_KEY,)))
+            self.noise_rng = stream_rng(seed, "embodied.envs.wrappers.StateNoise")
         return super().reset(seed=seed, options=options)
 
     def observation(self, observation):

@@ -360,6 +360,7 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
             "--workers", "1", "--run-dir", str(tmp_path / "runs"), "--out", str(out)]  # fmt: skip
     bench.main(argv)
     text = out.read_text()
+    assert text.startswith("# RePo against Dreamer, with and without distractors; test-time alignment; what the latent")
     for heading in ("## Control: final return", "## Test-time alignment", "## What the latent keeps", "## Speed"):
         assert heading in text, heading
     assert "| nav/open-v0 | none |" in text and (tmp_path / "repo.png").exists() and (tmp_path / "repo.csv").exists()
@@ -396,6 +397,7 @@ def test_bench_runs_the_agents_on_the_state_too_without_distractors_or_alignment
     assert "State observations (no pixels) (distractors `noise`: 3 fresh N(0, 1)" in text and "pixels, sizes" not in text
     assert "| nav/open-v0 | none |" in text and "| nav/open-v0 | noise |" in text
     assert "## Test-time alignment" not in text
+    assert text.startswith("# RePo against Dreamer, with and without noise, from the state\n")  # no sections it lacks
     for tag, noise in (("none", None), ("noise", 3)):
         config = yaml.safe_load((tmp_path / "runs" / f"repo-nav-open-v0-{tag}-state-seed0" / "config.yaml").read_text())
         options = config["env"]["options"]

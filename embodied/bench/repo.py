@@ -331,8 +331,12 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
     seen = f"{IMAGE_SIZE}x{IMAGE_SIZE} pixels" if args.obs == "pixels" else "state observations (no pixels)"
     noise = (f" (distractors `noise`: {args.noise_dims} fresh N(0, 1) numbers appended to the state each step)"
              if "noise" in args.distractors else "")  # fmt: skip
+    aligned = [r for r in results if "align" in r]
+    title = "RePo against Dreamer, with and without " + ("distractors" if args.obs == "pixels" else
+                                                         "noise, from the state")  # fmt: skip
+    title = "; ".join([title] + ["test-time alignment"] * bool(aligned) + ["what the latent keeps"] * bool(probes))
     lines = [
-        "# RePo against Dreamer, with and without distractors; test-time alignment; what the latent keeps",
+        f"# {title}",
         "",
         f"Made by `{command}` ({time.strftime('%Y-%m-%d')}, CPU, one torch thread per run, {args.workers} runs at a "
         f"time). {seen[0].upper() + seen[1:]}{noise}, sizes shrunk for the CPU ({sizes}; RePo's are Dreamer v1's), "
@@ -361,7 +365,6 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
                 success = reference["success_rate"]
                 lines.append(f"| {env_id} | {name} | {reference['return']:.2f} | "
                              f"{'n/a' if success is None else f'{success:.2f}'} |")  # fmt: skip
-    aligned = [r for r in results if "align" in r]
     if aligned:
         target = ", ".join(f"{k}={v}" for k, v in align_to.items())
         lines += ["", f"## Test-time alignment to `{target}` (RePo runs trained without distractors)", "",

@@ -90,6 +90,17 @@ def test_metaworld_success_flag_and_scripted_expert():
     assert isinstance(info["success"], bool)
 
 
+def test_reacher_scripted_controller_reaches_and_other_mujoco_tasks_have_none():
+    from embodied.run.rollout import rollout
+
+    env = embodied.make("mujoco/Reacher-v5", obs="pixels", image_size=16, action_repeat=2)  # reads the simulator
+    scripted = rollout(env, embodied.envs.scripted_policy(env), episodes=10, seed=0).mean_return
+    still = rollout(env, lambda _obs: np.zeros(2, np.float32), episodes=10, seed=0).mean_return
+    assert scripted > -10 and scripted > still + 10  # zero torque leaves the fingertip where it starts
+    with pytest.raises(ValueError, match="no scripted policy for mujoco/Hopper-v5; mujoco tasks with one: Reacher"):
+        embodied.envs.scripted_policy(embodied.make("mujoco/Hopper-v5"))
+
+
 def test_metaworld_truncates_at_500_and_never_steps_past():
     env = embodied.make("metaworld/reach-v3")
     env.reset(seed=0)

@@ -365,6 +365,11 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
         assert heading in text, heading
     assert "| nav/open-v0 | none |" in text and (tmp_path / "repo.png").exists() and (tmp_path / "repo.csv").exists()
     control = next(line for line in text.splitlines() if line.startswith("| nav/open-v0 | none |"))
+    # the world model at the end: reward loss, KL, β (RePo's only) and the decoder's loss, per objective
+    models = {line.split(" | ")[2]: line.split(" | ")[3:] for line in text.splitlines()
+              if line.startswith(("| nav/open-v0 | none | repo |", "| nav/open-v0 | none | dreamer |"))}  # fmt: skip
+    assert set(models) == {"repo", "dreamer"} and models["dreamer"][2] == "—" and "e-" in models["repo"][2]
+    assert all(" ± " in models[o][k] for o in models for k in (0, 1, 3))
     assert control.count("(success ") == 2  # nav reports success: each objective's cell carries its rate
     # fixed policies for scale, in the runs' own scene: the scripted one reaches the goal
     assert "| nav/open-v0 | uniform random |" in text and "| nav/open-v0 | zero action |" in text

@@ -48,7 +48,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 
 from embodied.bench import cached, calls_per_second, mean_std, plot_mean_std, run_trials  # noqa: E402
-from embodied.bench.offline_rl import train_once  # noqa: E402
+from embodied.bench.offline_rl import read_evals, train_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIGS = {"nav/open-v0": "nav-open-distracted.yaml", "mujoco/Reacher-v5": "mujoco-reacher-distracted.yaml"}
@@ -60,6 +60,8 @@ CPU_SIZES = {
     "inverse_hidden": 128, "disc_hidden": 128,
 }  # fmt: skip
 IMAGE_SIZE = 32
+#: What the world-model table shows of each run's last logged training window.
+MODEL_METRICS = ("reward_loss", "kl", "beta", "obs_loss")
 
 
 def env_config(env_id: str) -> dict:
@@ -102,6 +104,10 @@ def run_trial(trial: dict) -> dict:
     run_dir, evals = train_once(trial["config"], extend=True)  # RePo has no schedule over the total steps
     result = {key: trial[key] for key in ("env", "distractors", "objective", "seed")} | {
         "run_dir": str(run_dir), "evals": evals}  # fmt: skip
+    # the world model's last logged window up to the final evaluation (a continued run logs on past it)
+    logged = [row for row in read_evals(run_dir / "train.csv")
+              if "train/reward_loss" in row and row["step"] <= evals[-1]["step"]]  # fmt: skip
+    result["model"] = {k: logged[-1][f"train/{k}"] for k in MODEL_METRICS if f"train/{k}" in logged[-1]} if logged else {}
     if trial.get("align_to"):
         from embodied.run.align import align_run
 
@@ -356,6 +362,20 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
                 cells = [final_cell(groups.get((env_id, distractors, o), [])) for o in args.objectives]
                 lines.append(f"| {env_id} | {distractors} | " + " | ".join(cells) + " |")
         lines += ["", f"![return against env steps]({args.out.with_suffix('.png').name})"]
+        lines += ["", "The world model at the end (each run's last logged window of updates, on replayed batches; mean "
+                  "± std over seeds): the reward head's loss (half the squared error), KL(q ‖ p) per step, RePo's "
+                  "Lagrange multiplier β (its budget is 3 nats) and the decoder's loss (Dreamer's objective; for RePo "
+                  "a probe on detached latents).", "",
+                  "| env | distractors | objective | reward loss | KL (nats) | β | decoder loss |",
+                  "|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        for env_id, distractors, objective in [(e, d, o) for e in args.envs for d in args.distractors
+                                               for o in args.objectives]:  # fmt: skip
+            runs, cells = groups.get((env_id, distractors, objective), []), []
+            for key in MODEL_METRICS:
+                values = [r["model"][key] for r in runs if key in r.get("model", {})]
+                cells.append((f"{np.mean(values):.2e}" if values else "—") if key == "beta" else
+                             mean_std(values, 3 if key == "reward_loss" else 2))  # fmt: skip
+            lines.append(f"| {env_id} | {distractors} | {objective} | " + " | ".join(cells) + " |")
     if references:
         lines += ["", "For scale, fixed policies in the same envs (no distractors change a return), mean over "
                   f"{max(args.eval_episodes, 30)} episodes:", "",

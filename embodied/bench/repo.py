@@ -8,7 +8,8 @@ Three parts, each written to ``--out`` (Markdown), a CSV and a plot:
 
 1. **Control**: every (env, distractors, objective, seed) is one ``embodied train`` run of
    ``configs/repo/<env>-distracted.yaml`` with the distractors replaced and the CPU sizes
-   below (``--set`` overrides them); evaluation return against env steps.
+   below (``--set`` overrides them); evaluation return against env steps, and the world
+   model at the end of each run (reward loss, KL, RePo's β, decoder loss).
 2. **Alignment**: each RePo run trained without distractors is aligned
    (``embodied align``, no reward) to ``--align-to`` (default: new colours); return in
    the shifted domain before and after, and in the source domain after.

@@ -371,6 +371,9 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     assert set(models) == {"repo", "dreamer"} and models["dreamer"][2] == "—" and "e-" in models["repo"][2]
     assert all(" ± " in models[o][k] for o in models for k in (0, 1, 3))
     assert control.count("(success ") == 2  # nav reports success: each objective's cell carries its rate
+    assert "the mean of each run's 1 evaluation returns" in text  # one evaluation: the area is the final return
+    rows = [line for line in text.splitlines() if line.startswith("| nav/open-v0 | none |")]
+    assert rows[1] == "| nav/open-v0 | none | " + " | ".join(c.split(" (")[0] for c in control.split(" | ")[2:]) + " |"
     # fixed policies for scale, in the runs' own scene: the scripted one reaches the goal
     assert "| nav/open-v0 | uniform random |" in text and "| nav/open-v0 | zero action |" in text
     assert "| nav/open-v0 | best constant action (of 8 directions) |" in text

@@ -362,6 +362,15 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
             for distractors in args.distractors:
                 cells = [final_cell(groups.get((env_id, distractors, o), [])) for o in args.objectives]
                 lines.append(f"| {env_id} | {distractors} | " + " | ".join(cells) + " |")
+        lines += ["", f"Over the whole run: the mean of each run's {args.evals} evaluation returns (the area under its "
+                  "learning curve, per evaluation), mean ± std over seeds.", "",
+                  "| env | distractors | " + " | ".join(args.objectives) + " |",
+                  "|---|---|" + "---:|" * len(args.objectives)]  # fmt: skip
+        for env_id in args.envs:
+            for distractors in args.distractors:
+                cells = [mean_std([np.mean([row["eval/return"] for row in r["evals"]])
+                                   for r in groups.get((env_id, distractors, o), [])]) for o in args.objectives]  # fmt: skip
+                lines.append(f"| {env_id} | {distractors} | " + " | ".join(cells) + " |")
         lines += ["", f"![return against env steps]({args.out.with_suffix('.png').name})"]
         lines += ["", "The world model at the end (each run's last logged window of updates, on replayed batches; mean "
                   "± std over seeds): the reward head's loss (half the squared error), KL(q ‖ p) per step, RePo's "

@@ -43,6 +43,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -354,23 +355,22 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
     groups: dict[tuple, list[dict]] = {}
     for result in results:
         groups.setdefault((result["env"], result["distractors"], result["objective"]), []).append(result)
-    if results:
-        lines += ["", "## Control: final return", "",
-                  "| env | distractors | " + " | ".join(args.objectives) + " |",
-                  "|---|---|" + "---:|" * len(args.objectives)]  # fmt: skip
+
+    def objective_table(cell: Callable[[list[dict]], str]) -> list[str]:
+        """One row per (env, distractors), one column per objective: ``cell`` of that group's runs."""
+        rows = ["| env | distractors | " + " | ".join(args.objectives) + " |", "|---|---|" + "---:|" * len(args.objectives)]
         for env_id in args.envs:
             for distractors in args.distractors:
-                cells = [final_cell(groups.get((env_id, distractors, o), [])) for o in args.objectives]
-                lines.append(f"| {env_id} | {distractors} | " + " | ".join(cells) + " |")
+                cells = [cell(groups.get((env_id, distractors, o), [])) for o in args.objectives]
+                rows.append(f"| {env_id} | {distractors} | " + " | ".join(cells) + " |")
+        return rows
+
+    if results:
+        lines += ["", "## Control: final return", "", *objective_table(final_cell)]
         lines += ["", f"Over the whole run: the mean of each run's {args.evals} evaluation returns (the area under its "
                   "learning curve, per evaluation), mean ± std over seeds.", "",
-                  "| env | distractors | " + " | ".join(args.objectives) + " |",
-                  "|---|---|" + "---:|" * len(args.objectives)]  # fmt: skip
-        for env_id in args.envs:
-            for distractors in args.distractors:
-                cells = [mean_std([np.mean([row["eval/return"] for row in r["evals"]])
-                                   for r in groups.get((env_id, distractors, o), [])]) for o in args.objectives]  # fmt: skip
-                lines.append(f"| {env_id} | {distractors} | " + " | ".join(cells) + " |")
+                  *objective_table(lambda runs: mean_std([np.mean([row["eval/return"] for row in r["evals"]])
+                                                          for r in runs]))]  # fmt: skip
         lines += ["", f"![return against env steps]({args.out.with_suffix('.png').name})"]
         lines += ["", "The world model at the end (each run's last logged window of updates, on replayed batches; mean "
                   "± std over seeds): the reward head's loss (half the squared error), KL(q ‖ p) per step, RePo's "
@@ -382,7 +382,7 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
                                                for o in args.objectives]:  # fmt: skip
             runs, cells = groups.get((env_id, distractors, objective), []), []
             for key in MODEL_METRICS:
-                values = [r["model"][key] for r in runs if key in r.get("model", {})]
+                values = [r["model"][key] for r in runs if key in r["model"]]
                 cells.append((f"{np.mean(values):.2e}" if values else "—") if key == "beta" else
                              mean_std(values, 3 if key == "reward_loss" else 2))  # fmt: skip
             lines.append(f"| {env_id} | {distractors} | {objective} | " + " | ".join(cells) + " |")

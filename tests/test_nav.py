@@ -168,6 +168,32 @@ def test_egocentric_view_turns_with_the_agent():
     assert (centre == nav.AGENT_COLOR).all(axis=1).any()
 
 
+@pytest.mark.parametrize("image_size", [32, (24, 40), 96])
+def test_small_frames_show_the_agent_wherever_it_stands(image_size):
+    """Pixels average several samples, so the agent (0.5 cells across, ~1.5 pixels at
+    32x32 in open-v0) never falls between pixel centres; and the top-down fast path,
+    which samples again only around the agent, equals drawing the whole frame."""
+    env = embodied.make("nav/open-v0", obs="pixels", image_size=image_size)
+    env.reset(seed=0)
+    base = env.unwrapped
+    k = base.supersample
+    assert k == {32: 3, (24, 40): 4, 96: 1}[image_size]  # 11 cells over 32 pixels: 0.34 cells a pixel, 3 samples
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        base.agent_x, base.agent_y = rng.uniform(1.26, base.map_width - 1.26, size=2)
+        base.heading = float(rng.uniform(-math.pi, math.pi))
+        frame = base.render()
+        fine, background = base._draw_scene(base._topdown_x, base._topdown_y)
+        scene, _ = base._downsample(fine.copy(), background.copy())
+        base._draw_agent(fine, background, base._topdown_x, base._topdown_y)
+        whole, whole_background = base._downsample(fine, background)
+        np.testing.assert_array_equal(frame, whole)
+        np.testing.assert_array_equal(base.background_mask(), whole_background)
+        # The agent darkens some pixel by a fifth of the floor's brightness or more (with one
+        # sample a pixel, some positions left it no pixel at all).
+        assert (scene.astype(int) - frame.astype(int)).max() >= 40
+
+
 @pytest.mark.parametrize("camera", nav.POINTMAZE_CAMERAS)
 def test_pointmaze_pixels(camera):
     env = embodied.make("nav/PointMaze_UMaze-v3", obs="state+pixels", camera=camera, image_size=TINY)

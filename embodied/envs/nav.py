@@ -41,7 +41,9 @@ Ids (``embodied.make("nav/<task>")``):
   ``egocentric_cells``-wide view centred on the agent, turned so it faces up). Frames
   show walls, floors (rooms tinted by colour), objects, the goal as a magenta ring
   (``show_goal=False`` hides it, for language-only goals) and the agent (dark disc,
-  white dot ahead). ``background_mask()`` says which pixels of the last frame are
+  white dot ahead). Each pixel is the mean of a grid of samples at most 1/8 cell
+  apart, so the agent (1.5 pixels across at 32x32 top-down in ``open-v0``) and the
+  goal ring always show, wherever they fall between pixel centres. ``background_mask()`` says which pixels of the last frame are
   floor; ``recolor(rng)`` draws a new wall/floor/room palette (objects, goal and agent
   keep theirs: they carry the task), ``reset_colors()`` restores it.
 
@@ -185,6 +187,8 @@ OBJECT_SIZE = 0.3  # cells, half-width of an object's drawing
 GOAL_RADIUS = 0.5  # cells from the goal object that count as reaching it
 GOAL_RING = (0.45, 0.6)  # inner and outer radius of the goal marker, cells
 WALL_TILE, FLOOR_TILE = 0, 1  # tile classes; room k's floor is tile 2 + k
+SAMPLE_CELLS = 0.125  # cells: the renderer samples at least this finely (half the agent's radius)
+MAX_SUPERSAMPLE = 8  # samples per pixel side at most (tiny frames of big maps)
 _EPS = 1e-9  # keeps a square touching a wall from counting as overlapping it
 
 
@@ -437,17 +441,24 @@ class GridNavEnv(gym.Env):
         self._diagonal = math.hypot(self.map_width, self.map_height)
         self.reset_colors()
 
-        # Pixel centres in map cells. Top-down: the whole map, square pixels, centred;
+        # Sample centres in map cells. Top-down: the whole map, square pixels, centred;
         # pixels beyond the map read the border's walls. Egocentric: (ahead, right) of
-        # the agent, ahead up the frame.
+        # the agent, ahead up the frame. Each pixel averages a k x k grid of samples no
+        # coarser than SAMPLE_CELLS, so the agent, objects and goal ring stay visible in
+        # small frames instead of falling between pixel centres.
         # float32 halves the memory traffic of the per-pixel work; cells need no more precision.
-        rows = np.arange(self.image_height, dtype=np.float32) + 0.5 - self.image_height / 2
-        cols = np.arange(self.image_width, dtype=np.float32) + 0.5 - self.image_width / 2
-        topdown_scale = np.float32(max(self.map_width / self.image_width, self.map_height / self.image_height))
-        shape = (self.image_height, self.image_width)
+        topdown_scale = max(self.map_width / self.image_width, self.map_height / self.image_height)
+        ego_scale = egocentric_cells / min(self.image_height, self.image_width)
+        cells_per_pixel = topdown_scale if camera == "topdown" else ego_scale
+        self.supersample = min(MAX_SUPERSAMPLE, max(1, math.ceil(cells_per_pixel / SAMPLE_CELLS - 1e-6)))
+        k = self.supersample
+        rows = (np.arange(self.image_height * k, dtype=np.float32) + 0.5) / k - self.image_height / 2
+        cols = (np.arange(self.image_width * k, dtype=np.float32) + 0.5) / k - self.image_width / 2
+        self._topdown_scale = topdown_scale  # cells per pixel
+        topdown_scale, ego_scale = np.float32(topdown_scale), np.float32(ego_scale)
+        shape = (self.image_height * k, self.image_width * k)
         self._topdown_x = np.broadcast_to(cols * topdown_scale + self.map_width / 2, shape)
         self._topdown_y = np.broadcast_to((rows * topdown_scale + self.map_height / 2)[:, None], shape)
-        ego_scale = np.float32(egocentric_cells / min(self.image_height, self.image_width))
         # Farther than this from the agent, nothing shows in the egocentric view.
         self._ego_reach = float(ego_scale) * math.hypot(self.image_height, self.image_width) / 2 + GOAL_RING[1]
         self._ego_ahead = np.broadcast_to((-rows * ego_scale)[:, None], shape)
@@ -468,7 +479,8 @@ class GridNavEnv(gym.Env):
         self._goal_object: NavObject | None = None
         self._goal_room_tile = -1
         self._goal_distances: np.ndarray | None = None
-        self._topdown_scene: tuple[np.ndarray, np.ndarray] | None = None
+        # ((frame, floor mask) at the sampling resolution, and the same per pixel)
+        self._topdown_scene: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
         self._last_background: np.ndarray | None = None
         self._started = False
 
@@ -667,6 +679,15 @@ class GridNavEnv(gym.Env):
         nose_y = self.agent_y + 0.55 * radius * math.sin(self.heading)
         frame[(world_x - nose_x) ** 2 + (world_y - nose_y) ** 2 <= (0.35 * radius) ** 2] = HEADING_COLOR
 
+    def _downsample(self, frame: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """k x k samples -> one pixel: the mean colour, and floor only if every sample is."""
+        k = self.supersample
+        if k == 1:
+            return frame, background
+        height, width = frame.shape[0] // k, frame.shape[1] // k
+        total = frame.reshape(height, k, width, k, 3).sum(axis=(1, 3), dtype=np.uint32)
+        return ((total + k * k // 2) // (k * k)).astype(np.uint8), background.reshape(height, k, width, k).all(axis=(1, 3))
+
     def render(self):
         if self.render_mode is None:
             gym.logger.warn(f"nav/{self.task}: render() called with render_mode=None; pass render_mode='rgb_array'")
@@ -674,17 +695,33 @@ class GridNavEnv(gym.Env):
         if not self._started:
             raise RuntimeError(f"nav/{self.task}: call reset() before render()")
         if self.camera == "topdown":
-            world_x, world_y = self._topdown_x, self._topdown_y
             if self._topdown_scene is None:  # the map, objects and goal only change at reset
-                self._topdown_scene = self._draw_scene(world_x, world_y)
-            frame, background = (array.copy() for array in self._topdown_scene)
+                fine = self._draw_scene(self._topdown_x, self._topdown_y)
+                self._topdown_scene = (fine, self._downsample(*(array.copy() for array in fine)))
+            (fine_frame, fine_background), coarse = self._topdown_scene
+            frame, background = (array.copy() for array in coarse)
+            # Only the pixels the agent touches change: sample them again with the agent.
+            k, scale = self.supersample, self._topdown_scale
+            column = (self.agent_x - self.map_width / 2) / scale + self.image_width / 2
+            row = (self.agent_y - self.map_height / 2) / scale + self.image_height / 2
+            reach = self.agent_radius / scale + 1
+            rows = slice(max(0, math.floor(row - reach)), min(self.image_height, math.ceil(row + reach)))
+            cols = slice(max(0, math.floor(column - reach)), min(self.image_width, math.ceil(column + reach)))
+            fine_rows, fine_cols = slice(rows.start * k, rows.stop * k), slice(cols.start * k, cols.stop * k)
+            patch = fine_frame[fine_rows, fine_cols].copy()
+            patch_background = fine_background[fine_rows, fine_cols].copy()
+            self._draw_agent(
+                patch, patch_background, self._topdown_x[fine_rows, fine_cols], self._topdown_y[fine_rows, fine_cols]
+            )
+            frame[rows, cols], background[rows, cols] = self._downsample(patch, patch_background)
         else:
             cos, sin = np.float32(math.cos(self.heading)), np.float32(math.sin(self.heading))
             # Facing (cos, sin) with y down the map, the agent's right is (-sin, cos).
             world_x = self.agent_x + self._ego_ahead * cos - self._ego_right * sin
             world_y = self.agent_y + self._ego_ahead * sin + self._ego_right * cos
             frame, background = self._draw_scene(world_x, world_y, reach=self._ego_reach)
-        self._draw_agent(frame, background, world_x, world_y)
+            self._draw_agent(frame, background, world_x, world_y)
+            frame, background = self._downsample(frame, background)
         self._last_background = background
         return frame
 

@@ -168,6 +168,25 @@ def test_egocentric_view_turns_with_the_agent():
     assert (centre == nav.AGENT_COLOR).all(axis=1).any()
 
 
+def test_follow_view_slides_the_map_under_the_agent():
+    env = embodied.make("nav/open-v0", obs="pixels", camera="follow", egocentric_cells=8, image_size=32)
+    env.reset(seed=0)
+    base = env.unwrapped  # 8 cells over 32 pixels: cell edges fall on pixel edges
+    base.agent_x, base.agent_y, base.heading = 3.0, 5.5, 0.0
+    before = base.render()
+    base.agent_x = 4.0  # one cell east: the map moves 4 pixels west, north stays up
+    after = base.render()
+    wall = lambda frame: (frame == nav.DEFAULT_WALL).all(axis=-1)  # noqa: E731
+    assert wall(before)[:, :8].all() and wall(before).any(axis=0).sum() == 8  # the west wall ends 2 cells west
+    np.testing.assert_array_equal(wall(after)[:, :-4], wall(before)[:, 4:])
+    for frame in (before, after):  # the (dark) agent at the centre of its view
+        assert (frame[15:17, 15:17].max(axis=-1) < 128).any()
+    base.heading = math.pi  # turning moves only the white dot on the agent
+    turned = base.render()
+    changed = np.argwhere((turned != after).any(axis=-1))
+    assert len(changed) and (np.abs(changed - 15.5) < 2).all()
+
+
 @pytest.mark.parametrize("image_size", [32, (24, 40), 96])
 def test_small_frames_show_the_agent_wherever_it_stands(image_size):
     """Pixels average several samples, so the agent (0.5 cells across, ~1.5 pixels at

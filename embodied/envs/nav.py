@@ -37,8 +37,10 @@ Ids (``embodied.make("nav/<task>")``):
   ``scene_seed`` (an int) fixes the scene: the same objects and goal every episode, only
   the agent's start and heading drawn anew (a single-goal task, like D4RL's maze2d that
   RePo's navigation runs use).
-  Cameras: ``topdown`` (default, the whole map, north up) and ``egocentric`` (a
-  ``egocentric_cells``-wide view centred on the agent, turned so it faces up). Frames
+  Cameras: ``topdown`` (default, the whole map, north up), ``egocentric`` (a
+  ``egocentric_cells``-wide view centred on the agent, turned so it faces up) and
+  ``follow`` (the same view, north up: the map slides under the agent, so where the
+  walls and objects sit in the frame says where the agent is, at any image size). Frames
   show walls, floors (rooms tinted by colour), objects, the goal as a magenta ring
   (``show_goal=False`` hides it, for language-only goals) and the agent (dark disc,
   white dot ahead). Each pixel is the mean of a grid of samples at most 1/8 cell
@@ -149,7 +151,7 @@ LAYOUTS: dict[str, Layout] = {
     ),
 }
 GRID_TASKS: tuple[str, ...] = tuple(LAYOUTS)
-GRID_CAMERAS = ("topdown", "egocentric")
+GRID_CAMERAS = ("topdown", "egocentric", "follow")
 GRID_OPTIONS: dict[str, Any] = {
     "reward_type": "dense",
     "goal_kind": None,  # None: every kind the layout has; or "object" / "room"
@@ -459,7 +461,7 @@ class GridNavEnv(gym.Env):
         shape = (self.image_height * k, self.image_width * k)
         self._topdown_x = np.broadcast_to(cols * topdown_scale + self.map_width / 2, shape)
         self._topdown_y = np.broadcast_to((rows * topdown_scale + self.map_height / 2)[:, None], shape)
-        # Farther than this from the agent, nothing shows in the egocentric view.
+        # Farther than this from the agent, nothing shows in the egocentric and follow views.
         self._ego_reach = float(ego_scale) * math.hypot(self.image_height, self.image_width) / 2 + GOAL_RING[1]
         self._ego_ahead = np.broadcast_to((-rows * ego_scale)[:, None], shape)
         self._ego_right = np.broadcast_to(cols * ego_scale, shape)
@@ -715,7 +717,9 @@ class GridNavEnv(gym.Env):
             )
             frame[rows, cols], background[rows, cols] = self._downsample(patch, patch_background)
         else:
-            cos, sin = np.float32(math.cos(self.heading)), np.float32(math.sin(self.heading))
+            # follow: north up (facing -y, the agent's right is +x); egocentric: facing the heading
+            cos, sin = (np.float32(0.0), np.float32(-1.0)) if self.camera == "follow" else (
+                np.float32(math.cos(self.heading)), np.float32(math.sin(self.heading)))  # fmt: skip
             # Facing (cos, sin) with y down the map, the agent's right is (-sin, cos).
             world_x = self.agent_x + self._ego_ahead * cos - self._ego_right * sin
             world_y = self.agent_y + self._ego_ahead * sin + self._ego_right * cos

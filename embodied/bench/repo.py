@@ -383,8 +383,11 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
             runs, cells = groups.get((env_id, distractors, objective), []), []
             for key in MODEL_METRICS:
                 values = [r["model"][key] for r in runs if key in r["model"]]
-                cells.append((f"{np.mean(values):.2e}" if values else "—") if key == "beta" else
-                             mean_std(values, 3 if key == "reward_loss" else 2))  # fmt: skip
+                if key in ("beta", "reward_loss"):  # small numbers: 1.11e-05, 2.10e-04 ± 3.1e-05
+                    spread = f" ± {np.std(values):.1e}" if key == "reward_loss" else ""
+                    cells.append(f"{np.mean(values):.2e}{spread}" if values else "—")
+                else:
+                    cells.append(mean_std(values))
             lines.append(f"| {env_id} | {distractors} | {objective} | " + " | ".join(cells) + " |")
     if references:
         lines += ["", "For scale, fixed policies in the same envs (no distractors change a return), mean over "

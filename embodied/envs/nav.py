@@ -45,9 +45,10 @@ Ids (``embodied.make("nav/<task>")``):
   (``show_goal=False`` hides it, for language-only goals) and the agent (dark disc,
   white dot ahead). Each pixel is the mean of a grid of samples at most 1/8 cell
   apart, so the agent (1.5 pixels across at 32x32 top-down in ``open-v0``) and the
-  goal ring always show, wherever they fall between pixel centres. ``background_mask()`` says which pixels of the last frame are
-  floor; ``recolor(rng)`` draws a new wall/floor/room palette (objects, goal and agent
-  keep theirs: they carry the task), ``reset_colors()`` restores it.
+  goal ring always show, wherever they fall between pixel centres.
+  ``background_mask()`` says which pixels of the last frame are floor;
+  ``recolor(rng)`` draws a new wall/floor/room palette (objects, goal and agent keep
+  theirs: they carry the task), ``reset_colors()`` restores it.
 
 Scripted policies (``scripted_policy(env)``) read the true state, so they work with
 any ``obs``: shortest paths over the grid of cells, then straight at the goal.
@@ -699,7 +700,7 @@ class GridNavEnv(gym.Env):
         if self.camera == "topdown":
             if self._topdown_scene is None:  # the map, objects and goal only change at reset
                 fine = self._draw_scene(self._topdown_x, self._topdown_y)
-                self._topdown_scene = (fine, self._downsample(*(array.copy() for array in fine)))
+                self._topdown_scene = (fine, self._downsample(*fine))  # (_downsample writes nothing)
             (fine_frame, fine_background), coarse = self._topdown_scene
             frame, background = (array.copy() for array in coarse)
             # Only the pixels the agent touches change: sample them again with the agent.

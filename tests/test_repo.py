@@ -357,10 +357,12 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     out = tmp_path / "repo.md"
     argv = ["--envs", "nav/open-v0", "--distractors", "none", "--seeds", "0", "--steps", "100", "--evals", "1",
             "--eval-episodes", "1", "--align-steps", "30", "--probe-updates", "3", "--probe-data", "120",
-            "--workers", "1", "--run-dir", str(tmp_path / "runs"), "--out", str(out)]  # fmt: skip
+            "--workers", "1", "--run-dir", str(tmp_path / "runs"), "--out", str(out),
+            "--set", "nav/open-v0:algo.horizon=3"]  # fmt: skip
     bench.main(argv)
     text = out.read_text()
     assert text.startswith("# RePo against Dreamer, with and without distractors; test-time alignment; what the latent")
+    assert "; in nav/open-v0's runs horizon 3" in text  # the sizes say what one env's own --set changed
     for heading in ("## Control: final return", "## Test-time alignment", "## What the latent keeps", "## Speed"):
         assert heading in text, heading
     assert "| nav/open-v0 | none |" in text and (tmp_path / "repo.png").exists() and (tmp_path / "repo.csv").exists()
@@ -385,6 +387,26 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     written = {path: path.stat().st_mtime_ns for path in [*probes, summary]}
     bench.main(argv)  # (trials run in worker processes: what they reuse shows in the files they leave alone)
     assert {path: path.stat().st_mtime_ns for path in written} == written
+
+
+def test_bench_set_can_be_limited_to_one_envs_runs(tmp_path):
+    from argparse import Namespace
+
+    from embodied.bench import repo as bench
+
+    overrides = ["algo.model_pretrain=7", "nav/open-v0:algo.train_steps=40", "mujoco/Reacher-v5: algo.horizon=5"]
+    args = Namespace(obs="pixels", noise_dims=8, steps=100, evals=1, eval_episodes=1, run_dir=tmp_path, set=overrides)
+    nav = bench.trial_config("nav/open-v0", "none", "repo", 0, args)["algo"]
+    reacher = bench.trial_config("mujoco/Reacher-v5", "none", "repo", 0, args)["algo"]
+    assert nav["model_pretrain"] == reacher["model_pretrain"] == 7
+    assert nav["train_steps"] == 40 and reacher["train_steps"] == bench.CPU_SIZES["train_steps"]
+    assert reacher["horizon"] == 5 and "horizon" not in nav
+    # an override without a value still fails as a plain one does, and a scope outside --envs is refused up front
+    assert bench.env_overrides("nav/open-v0", ["nav/open-v0:algo.horizon"]) == ["algo.horizon"]
+    with pytest.raises(SystemExit, match="--set mujoco/Reacher-v5:algo.horizon=5: mujoco/Reacher-v5 is not one of"):
+        bench.main(["--envs", "nav/open-v0", "--set", "mujoco/Reacher-v5:algo.horizon=5", "--run-dir",
+                    str(tmp_path / "runs"), "--out", str(tmp_path / "repo.md")])  # fmt: skip
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "repo.md").exists()
 
 
 def test_bench_runs_the_agents_on_the_state_too_without_distractors_or_alignment(tmp_path, monkeypatch):

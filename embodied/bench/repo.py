@@ -8,8 +8,9 @@ Three parts, each written to ``--out`` (Markdown), a CSV and a plot:
 
 1. **Control**: every (env, distractors, objective, seed) is one ``embodied train`` run of
    ``configs/repo/<env>-distracted.yaml`` with the distractors replaced and the CPU sizes
-   below (``--set`` overrides them); evaluation return against env steps, and the world
-   model at the end of each run (reward loss, KL, RePo's β, decoder loss).
+   below (``--set KEY=VALUE`` overrides them, ``--set ENV:KEY=VALUE`` in ENV's runs only);
+   evaluation return against env steps, and the world model at the end of each run
+   (reward loss, KL, RePo's β, decoder loss).
 2. **Alignment**: each RePo run trained without distractors is aligned
    (``embodied align``, no reward) to ``--align-to`` (default: new colours); return in
    the shifted domain before and after, and in the source domain after.
@@ -96,7 +97,23 @@ def trial_config(env_id: str, distractors: str, objective: str, seed: int, args)
         "log_every": max(1, args.steps // 20), "checkpoint_every": args.steps, "run_dir": str(args.run_dir),
         "name": f"{objective}-{env_id.replace('/', '-')}-{tag}-seed{seed}", "progress": False, "device": "cpu",
     }  # fmt: skip
-    return apply_overrides(raw, args.set or [])
+    return apply_overrides(raw, env_overrides(env_id, args.set))
+
+
+def override_scope(override: str) -> str:
+    """The env a ``--set`` override is limited to (``ENV:KEY=VALUE``), or "" (every env)."""
+    return override.partition("=")[0].rpartition(":")[0].strip()
+
+
+def env_overrides(env_id: str, overrides: list[str] | None) -> list[str]:
+    """The ``--set`` overrides of ``env_id``'s runs: ``KEY=VALUE`` applies to every env,
+    ``ENV:KEY=VALUE`` only to ENV's (its prefix dropped)."""
+    chosen = []
+    for override in overrides or []:
+        key = override.partition("=")[0]
+        if override_scope(override) in ("", env_id):
+            chosen.append(key.rpartition(":")[2].strip() + override[len(key):])
+    return chosen
 
 
 def run_trial(trial: dict) -> dict:
@@ -266,12 +283,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe-updates", type=int, default=1500, help="world-model updates of the probe (0: skip)")
     parser.add_argument("--probe-data", type=int, default=5000, help="random-policy env steps the probe learns from")
     parser.add_argument("--noise-dims", type=int, default=8)
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override in every control run's config")
+    parser.add_argument("--set", action="append", metavar="[ENV:]KEY=VALUE",
+                        help="override in every control run's config (with ENV: only in that env's runs)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-repo"))
     parser.add_argument("--out", type=Path, default=Path("results/repo.md"))
     args = parser.parse_args(argv)
     command = "python -m embodied.bench.repo " + " ".join(argv if argv is not None else sys.argv[1:])
+    for override in args.set or []:
+        scope = override_scope(override)
+        if scope and scope not in args.envs:
+            raise SystemExit(f"--set {override}: {scope} is not one of the runs' envs ({' '.join(args.envs)})")
     if args.steps and args.steps % args.evals:
         raise SystemExit(f"--steps {args.steps} must be a multiple of --evals {args.evals}")
     if args.obs == "state" and not set(args.distractors) <= {"none", "noise"}:
@@ -333,9 +355,16 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
 
     from embodied.run.config import apply_overrides
 
-    # with --set applied, as the runs saw them (in CPU_SIZES' order: the copy comes back sorted)
-    shown = {**CPU_SIZES, **apply_overrides({"algo": dict(CPU_SIZES)}, args.set or [])["algo"]}
-    sizes = ", ".join(f"{k} {v}" for k, v in shown.items())
+    def shown(overrides: list[str]) -> dict:
+        """CPU_SIZES with ``overrides`` applied, as the runs saw them (in CPU_SIZES' order)."""
+        return {**CPU_SIZES, **apply_overrides({"algo": dict(CPU_SIZES)}, overrides)["algo"]}
+
+    common = shown(env_overrides("", args.set))
+    sizes = ", ".join(f"{k} {v}" for k, v in common.items())
+    for env_id in args.envs:  # what an env's own --set changed
+        own = {k: v for k, v in shown(env_overrides(env_id, args.set)).items() if common.get(k, object()) != v}
+        if own:
+            sizes += f"; in {env_id}'s runs " + ", ".join(f"{k} {v}" for k, v in own.items())
     seen = f"{IMAGE_SIZE}x{IMAGE_SIZE} pixels" if args.obs == "pixels" else "state observations (no pixels)"
     noise = (f" (distractors `noise`: {args.noise_dims} fresh N(0, 1) numbers appended to the state each step)"
              if "noise" in args.distractors else "")  # fmt: skip

@@ -10,7 +10,8 @@
                      | label-actions NAME --checkpoint RUN_DIR_OR_FILE --name-out NEW
     embodied train CONFIG.yaml [--set key=value ...] [--reward-code FILE] | --resume RUN_DIR
     embodied eval CHECKPOINT --episodes N [--video PATH] [--seed S] [--option KEY=VALUE ...]
-    embodied align RUN_DIR --option KEY=VALUE [...] [--steps N] [--episodes N]   (RePo test-time alignment)
+    embodied align RUN_DIR --option KEY=VALUE [...] [--steps N] [--episodes N] [--calibration-steps N]
+                     (RePo test-time alignment)
     embodied reward check ENV_ID FILE [--steps N] [--seed S] [--json]
     embodied reward generate ENV_ID "INSTRUCTION" [--model NAME] [--base-url URL] [--few-shot K]
                      [--out FILE] [--replay FILE | --record FILE]
@@ -267,7 +268,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     from embodied.run.align import align_run
 
     summary = align_run(args.run_dir, dict(args.option), args.steps, episodes=args.episodes, seed=args.seed,
-                        name=args.name)  # fmt: skip
+                        name=args.name, calibration_steps=args.calibration_steps)  # fmt: skip
     for key in ("source_before", "target_before", "target_after", "source_after"):
         metrics = summary[key]
         line = f"{key.replace('_', ' ')}: return {metrics['eval/return']:.2f}"
@@ -733,6 +734,10 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--steps", type=int, default=2000, help="env steps collected in the target domain (no reward used)")
     al.add_argument("--episodes", type=int, default=10, help="evaluation episodes before and after")
     al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--calibration-steps", type=int, metavar="N",
+                    help="first pair N steps of the source and target envs (the same states in both domains) to "
+                         "anchor the encoder, as RePo's released code does with 5000 (default: the run's "
+                         "algo.calibration_steps, 0: unpaired)")
     al.add_argument("--name", help="output folder under RUN_DIR/align/ (default: from the options)")
     al.add_argument("--json", action="store_true")
     al.set_defaults(run=cmd_align)

@@ -1,6 +1,7 @@
 """RePo and its Dreamer baseline: the world model's objectives, acting with memory, the
 online loop (checkpoints with the replay, exact resume, eval), and test-time alignment."""
 
+import json
 import math
 from pathlib import Path
 
@@ -321,6 +322,38 @@ def test_align_adapts_only_the_encoder_and_writes_a_target_checkpoint(tmp_path, 
         assert torch.equal(state[key], value), key  # dynamics, heads, actor, value untouched
     assert any(not torch.equal(aligned.encoder.state_dict()[k], v) for k, v in encoder_before.items())
     assert main(["eval", str(aligned_dir), "--episodes", "1"]) == 0
+    # calibrated: paired source and target steps anchor the encoder too, and the summary says how many
+    assert main(["align", str(run_dir), "--option", "distractors=colors", "--steps", "40", "--episodes", "1",
+                 "--calibration-steps", "20", "--name", "calibrated"]) == 0  # fmt: skip
+    calibrated = run_dir / "align" / "calibrated"
+    assert yaml.safe_load((calibrated / "summary.json").read_text())["calibration_steps"] == 20
+    assert "align/calibration_loss" in (calibrated / "align.csv").read_text().splitlines()[0]
+    assert summary["calibration_steps"] == 0  # the run's own default: unpaired
+
+
+def test_calibration_pairs_show_each_state_in_both_domains_and_pull_the_encoder_onto_the_source():
+    source, target = make_env(), make_env(distractors="colors")
+    agent = agent_in(source)
+    same = agent.calibration_pairs(source, make_env(), 30)  # a target that looks the same: identical frames
+    assert same[0].shape == (30, 16, 16, 3) and torch.equal(same[0], same[1])
+    frames, recoloured = agent.calibration_pairs(source, target, 30)
+    assert not torch.equal(frames, recoloured)
+    # the dynamics must match: another scene (other rewards) or another episode length is refused
+    for other in (make_env(scene_seed=123), make_env(max_episode_steps=5)):
+        with pytest.raises(ValueError, match="no longer replays the source env's states"):
+            agent.calibration_pairs(source, other, 30)
+
+    agent.learn(40, lambda *step: None)  # source frames in the replay
+    agent.config.calibration_steps = 60
+    with pytest.raises(ValueError, match="alignment needs the source domain's env too"):
+        agent.align(target, 20)
+    agent.config.align_coef = agent.config.dynamics_coef = 0.0  # calibration alone: a regression onto the source
+    rows = []
+    agent.align(target, 40, updates_per_step=2, paired_env=source, on_log=lambda step, m: rows.append(m))
+    losses = [row["align/calibration_loss"] for row in rows]
+    assert len(losses) > 40 and np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    with pytest.raises(ValueError, match="algo.calibration_steps must be >= 0"):
+        RePoConfig(calibration_steps=-1)
 
 
 def test_align_errors_say_what_is_missing(tmp_path, capsys):
@@ -331,6 +364,8 @@ def test_align_errors_say_what_is_missing(tmp_path, capsys):
         align_run(run_dir, {}, steps=10)
     with pytest.raises(ValueError, match="--steps must be >= 1"):
         align_run(run_dir, {"distractors": "colors"}, steps=0)
+    with pytest.raises(ValueError, match="--calibration-steps must be >= 0"):
+        align_run(run_dir, {"distractors": "colors"}, steps=10, calibration_steps=-5)
     (run_dir / "checkpoints" / "step_50.replay.npz").unlink()
     with pytest.raises(FileNotFoundError, match="replay buffer"):
         align_run(run_dir, {"distractors": "colors"}, steps=10)
@@ -356,7 +391,8 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     monkeypatch.setattr(bench, "IMAGE_SIZE", 16)
     out = tmp_path / "repo.md"
     argv = ["--envs", "nav/open-v0", "--distractors", "none", "--seeds", "0", "--steps", "100", "--evals", "1",
-            "--eval-episodes", "1", "--align-steps", "30", "--probe-updates", "3", "--probe-data", "120",
+            "--eval-episodes", "1", "--align-steps", "30", "--align-calibration", "20", "--probe-updates", "3",
+            "--probe-data", "120",
             "--workers", "1", "--run-dir", str(tmp_path / "runs"), "--out", str(out),
             "--set", "nav/open-v0:algo.horizon=3"]  # fmt: skip
     bench.main(argv)
@@ -383,8 +419,14 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     assert scripted.endswith("| 1.00 |")
     probes = sorted((tmp_path / "runs" / "probes").glob("*.json"))
     assert [p.name for p in probes] == ["dreamer-seed0.json", "repo-seed0.json"]
-    summary = tmp_path / "runs" / "repo-nav-open-v0-none-seed0" / "align" / "bench" / "summary.json"
-    written = {path: path.stat().st_mtime_ns for path in [*probes, summary]}
+    # the alignment table: the unpaired one, then the one calibrated by paired steps, from the same checkpoint
+    unpaired, calibrated = (next(line for line in text.splitlines() if line.startswith(f"| nav/open-v0 | {label} |"))
+                            for label in ("unpaired", "calibrated (20 pairs)"))  # fmt: skip
+    assert unpaired.split(" | ")[2:4] == calibrated.split(" | ")[2:4]  # the same returns before alignment
+    aligned = tmp_path / "runs" / "repo-nav-open-v0-none-seed0" / "align"
+    assert json.loads((aligned / "bench-calibrated" / "summary.json").read_text())["calibration_steps"] == 20
+    summary, calibrated_summary = aligned / "bench" / "summary.json", aligned / "bench-calibrated" / "summary.json"
+    written = {path: path.stat().st_mtime_ns for path in [*probes, summary, calibrated_summary]}
     bench.main(argv)  # (trials run in worker processes: what they reuse shows in the files they leave alone)
     assert {path: path.stat().st_mtime_ns for path in written} == written
 

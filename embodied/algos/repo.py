@@ -31,7 +31,10 @@ whose source side is reweighted by a learned density ratio τ (E[τ] = 1, a dual
 the source's support, not match its density; ``alignment: distribution`` drops τ), the
 encoder taking the non-saturating generator loss,
 and kept dynamically consistent by an inverse-dynamics head trained with the model on
-source data (the actions taken must stay predictable from consecutive latents).
+source data (the actions taken must stay predictable from consecutive latents). With
+``calibration_steps`` > 0, the same states seen in both domains, from paired rollouts of
+the source and target envs, also pull each target embedding onto its source pair's: RePo's
+released adaptation script (``adapt_repo.py``) does this by default, with 5,000 paired steps.
 
 Defaults are RePo's (zchuning/repo ``experiments/train_repo.py`` and ``adapt_repo.py``,
 which keep Dreamer v1's sizes); the CPU benchmarks shrink sizes and budgets with
@@ -116,6 +119,13 @@ class RePoConfig:
     tau_lr: float = 5e-5  # Adam, density ratio τ
     u_lr: float = 5e-3  # Adam, dual variable of E[τ] = 1
     init_u: float = 1e-4
+    # calibration (RePo's released adapt_repo.py, calibration_mode simple_pair: 5,000 paired steps, calib_coef 1):
+    # steps of the frozen policy in the source env while the target env, reset with the same seeds, replays its
+    # actions, so each step shows one state in both domains; the target encoder's embedding of each target frame
+    # is pulled onto the source encoder's embedding of its pair. Default 0 (unpaired: support matching and dynamics
+    # only), as pairing needs a simulator that shows one state in both domains, which a real target domain is not
+    calibration_steps: int = 0
+    calibration_coef: float = 1.0  # weight of the calibration term
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -127,6 +137,8 @@ class RePoConfig:
         for key in ("batch_size", "seq_len", "buffer_size", "train_every", "train_steps", "horizon", "actor_layers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
+        if self.calibration_steps < 0:
+            raise ValueError(f"algo.calibration_steps must be >= 0, got {self.calibration_steps}")
         if self.model_pretrain < 0:
             raise ValueError(f"algo.model_pretrain must be >= 0, got {self.model_pretrain}")
         if self.seq_len < 2:
@@ -469,15 +481,17 @@ class RePo(Agent):
 
     # --- test-time alignment -----------------------------------------------------------
     def align(self, env: gym.Env, steps: int, source: SequenceReplay | None = None, collect_steps: int | None = None,
-              updates_per_step: float | None = None,
-              on_log: Callable[[int, dict[str, float]], None] | None = None) -> None:  # fmt: skip
+              updates_per_step: float | None = None, on_log: Callable[[int, dict[str, float]], None] | None = None,
+              paired_env: gym.Env | None = None) -> None:  # fmt: skip
         """Adapt the encoder to the visual domain of ``env`` with no reward (see the module
         docstring). Everything but the encoder stays as it is. ``source`` holds observations of
         the training domain (default: this agent's replay). The frozen policy collects
         ``collect_steps`` steps in ``env`` first (default: a tenth of ``steps``, at least one
         sequence), then collects and updates alternately until ``steps`` env steps were taken,
         ``updates_per_step`` encoder updates per env step (default: training's ratio,
-        ``train_steps / train_every``; RePo's adaptation keeps its 100 per 500)."""
+        ``train_steps / train_every``; RePo's adaptation keeps its 100 per 500). With
+        ``algo.calibration_steps`` > 0, ``paired_env`` is the source domain's env, and the
+        calibration pairs are collected from it and ``env`` first (see the config)."""
         c = self.config
         updates_per_step = updates_per_step if updates_per_step is not None else c.train_steps / c.train_every
         source = source if source is not None else self.replay
@@ -485,6 +499,11 @@ class RePo(Agent):
         if len(source) < 2:
             raise ValueError("alignment needs source-domain observations: this agent's replay buffer is empty "
                              "(load the checkpoint's replay, or pass source=)")  # fmt: skip
+        if c.calibration_steps and paired_env is None:
+            raise ValueError(f"algo.calibration_steps {c.calibration_steps}: calibration pairs each target frame with "
+                             "a source frame of the same state, so alignment needs the source domain's env too "
+                             "(paired_env=)")  # fmt: skip
+        pairs = self.calibration_pairs(paired_env, env, c.calibration_steps) if c.calibration_steps else None
         target = SequenceReplay(steps + steps // 2 + 2, self.observation_space.shape, source.obs.dtype, self.action_dim)
         source_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         width = c.disc_hidden
@@ -539,13 +558,21 @@ class RePo(Agent):
                     posterior, _ = self.rssm.observe(target_embedding, target_batch["action"], target_batch["is_first"])
                     dynamics_loss = self.inverse_dynamics_loss(posterior, target_batch)
                 encoder_loss = c.align_coef * align_loss + c.dynamics_coef * dynamics_loss
+                metrics = {"align/disc_loss": disc_loss.item(), "align/align_loss": align_loss.item(),
+                           "align/dynamics_loss": dynamics_loss.item()}  # fmt: skip
+                if pairs is not None:  # each target frame's embedding onto the source encoder's of its pair
+                    index = torch.as_tensor(self.rng.integers(len(pairs[0]), size=c.batch_size * length),
+                                            device=self.device)  # fmt: skip
+                    with torch.no_grad():
+                        anchor = source_encoder(pairs[0][index])
+                    calibration_loss = 0.5 * ((self.embed(pairs[1][index]) - anchor) ** 2).mean()
+                    encoder_loss = encoder_loss + c.calibration_coef * calibration_loss
+                    metrics["align/calibration_loss"] = calibration_loss.item()
                 encoder_optimizer.zero_grad(set_to_none=True)
                 encoder_loss.backward()
                 nn.utils.clip_grad_norm_(self.encoder.parameters(), c.grad_clip)
                 encoder_optimizer.step()
 
-                metrics = {"align/disc_loss": disc_loss.item(), "align/align_loss": align_loss.item(),
-                           "align/dynamics_loss": dynamics_loss.item()}  # fmt: skip
                 if tau is not None:  # τ: put source mass where the target is; E[τ] = 1 by the dual u
                     with frozen(discriminator):
                         source_logits = discriminator(source_embedding).squeeze(-1)
@@ -561,6 +588,35 @@ class RePo(Agent):
                     metrics["align/tau_mean"] = tau.mean().item()
                 if on_log is not None:
                     on_log(collected, metrics)
+
+
+    def calibration_pairs(self, source_env: gym.Env, target_env: gym.Env, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``steps`` frames of the same states in both domains: the frozen policy acts on
+        ``source_env``'s frames while ``target_env``, reset with the same seeds, replays its
+        actions (the visual domain must not change the dynamics; a reward or an episode end
+        that differs between the two raises). Returns (source frames, target frames)."""
+        pairs: tuple[list, list] = ([], [])
+        while len(pairs[0]) < steps:
+            seed = int(self.rng.integers(2**31))
+            source_obs, _ = source_env.reset(seed=seed)
+            target_obs, _ = target_env.reset(seed=seed)
+            state, done = None, False
+            while not done and len(pairs[0]) < steps:
+                pairs[0].append(np.asarray(source_obs))
+                pairs[1].append(np.asarray(target_obs))
+                with torch.no_grad():
+                    state, action = self._step_latent(state, source_obs, explore=False)
+                action = self._to_env(action)[0].cpu().numpy()
+                source_obs, source_reward, source_end, source_cut, _ = source_env.step(action)
+                target_obs, target_reward, target_end, target_cut, _ = target_env.step(action)
+                if not np.isclose(source_reward, target_reward) or (source_end, source_cut) != (target_end, target_cut):
+                    raise ValueError(
+                        f"calibration: after {len(pairs[0])} paired steps the target env no longer replays the source "
+                        f"env's states (reward {target_reward} against {source_reward}, episode end "
+                        f"{(target_end, target_cut)} against {(source_end, source_cut)}): pairing needs the same "
+                        "dynamics in both domains, only the frames may differ")  # fmt: skip
+                done = source_end or source_cut
+        return tuple(torch.as_tensor(np.stack(frames), device=self.device) for frames in pairs)  # type: ignore[return-value]
 
 
 class Dreamer(RePo):

@@ -13,7 +13,8 @@ Three parts, each written to ``--out`` (Markdown), a CSV and a plot:
    (reward loss, KL, RePo's β, decoder loss).
 2. **Alignment**: each RePo run trained without distractors is aligned
    (``embodied align``, no reward) to ``--align-to`` (default: new colours); return in
-   the shifted domain before and after, and in the source domain after.
+   the shifted domain before and after, and in the source domain after. With
+   ``--align-calibration N``, also aligned with N calibration pairs (``--calibration-steps``).
 3. **Latent probe** (``--probe-updates``, state observations, quick): the navigation
    state with ``--noise-dims`` dims of fresh Gaussian noise appended each step (an
    action-independent "noisy TV" in state space). World models train on random-policy
@@ -63,6 +64,8 @@ CPU_SIZES = {
     "inverse_hidden": 128, "disc_hidden": 128,
 }  # fmt: skip
 IMAGE_SIZE = 32
+#: An alignment's returns, in the table's order.
+ALIGN_COLUMNS = ("source_before", "target_before", "target_after", "source_after")
 #: What the world-model table shows of each run's last logged training window.
 MODEL_METRICS = ("reward_loss", "kl", "beta", "obs_loss")
 
@@ -130,15 +133,18 @@ def run_trial(trial: dict) -> dict:
     if trial.get("align_to"):
         from embodied.run.align import align_run
 
-        saved = run_dir / "align" / "bench" / "summary.json"
-        summary = json.loads(saved.read_text()) if saved.exists() else {}
         final = f"step_{int(evals[-1]['step'])}.pt"  # an alignment of a shorter run's checkpoint is redone
-        if (summary.get("target_options"), summary.get("steps"), Path(summary.get("checkpoint", "")).name) != (
-                trial["align_to"], trial["align_steps"], final):  # fmt: skip
-            summary = align_run(run_dir, trial["align_to"], trial["align_steps"], episodes=trial["eval_episodes"],
-                                seed=trial["seed"], name="bench")  # fmt: skip
-        result["align"] = {key: summary[key]["eval/return"] for key in
-                           ("source_before", "target_before", "target_after", "source_after")}  # fmt: skip
+        alignments = {"align": ("bench", 0)}  # unpaired; then, if asked, calibrated by paired steps
+        if trial.get("align_calibration"):
+            alignments["align_calibrated"] = ("bench-calibrated", trial["align_calibration"])
+        for key, (name, pairs) in alignments.items():
+            saved = run_dir / "align" / name / "summary.json"
+            summary = json.loads(saved.read_text()) if saved.exists() else {}
+            if (summary.get("target_options"), summary.get("steps"), Path(summary.get("checkpoint", "")).name,
+                    summary.get("calibration_steps", 0)) != (trial["align_to"], trial["align_steps"], final, pairs):  # fmt: skip
+                summary = align_run(run_dir, trial["align_to"], trial["align_steps"], episodes=trial["eval_episodes"],
+                                    seed=trial["seed"], name=name, calibration_steps=pairs)  # fmt: skip
+            result[key] = {k: summary[k]["eval/return"] for k in ALIGN_COLUMNS}
     return result
 
 
@@ -280,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--align-to", default="distractors=colors", help="KEY=VALUE[;KEY=VALUE]: the shifted domain")
     parser.add_argument("--align-steps", type=int, default=1000, help="target-domain env steps of alignment (0: skip)")
+    parser.add_argument("--align-calibration", type=int, default=0, metavar="N",
+                        help="also align with N calibration pairs (the same states seen in both domains first, as "
+                             "RePo's released code does with 5000); 0: only the unpaired alignment")
     parser.add_argument("--probe-updates", type=int, default=1500, help="world-model updates of the probe (0: skip)")
     parser.add_argument("--probe-data", type=int, default=5000, help="random-policy env steps the probe learns from")
     parser.add_argument("--noise-dims", type=int, default=8)
@@ -322,10 +331,12 @@ def main(argv: list[str] | None = None) -> None:
                     trials.append({"env": env_id, "distractors": distractors, "objective": objective, "seed": seed,
                                    "config": trial_config(env_id, distractors, objective, seed, args),
                                    "align_to": align_to if aligned else None, "align_steps": args.align_steps,
+                                   "align_calibration": args.align_calibration,
                                    "eval_episodes": args.eval_episodes})  # fmt: skip
     results = run_trials(run_trial, trials, args.workers, lambda r: (
         f"{r['env']} {r['distractors']} {r['objective']} seed {r['seed']}: return {r['evals'][-1]['eval/return']:.2f}"
         + (f", aligned {r['align']['target_before']:.2f} -> {r['align']['target_after']:.2f}" if "align" in r else "")
+        + (f", calibrated -> {r['align_calibrated']['target_after']:.2f}" if "align_calibrated" in r else "")
     )) if args.steps else []  # fmt: skip
     references = {env_id: reference_returns(env_id, max(args.eval_episodes, 30)) for env_id in args.envs}
     speeds = {(env_id, objective): update_speed(env_id, objective, obs=args.obs)
@@ -430,15 +441,20 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
     if aligned:
         target = ", ".join(f"{k}={v}" for k, v in align_to.items())
         lines += ["", f"## Test-time alignment to `{target}` (RePo runs trained without distractors)", "",
-                  f"{args.align_steps} reward-free env steps in the shifted domain; only the encoder learns.", "",
-                  "| env | source before | target before | target after | source after |",
-                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+                  f"{args.align_steps} reward-free env steps in the shifted domain; only the encoder learns. Unpaired: "
+                  "support matching and dynamics consistency, as the paper describes it."
+                  + (f" Calibrated: first {args.align_calibration} steps of the frozen policy in the source env, "
+                     "replayed in the target env from the same seeds (the same states in both domains), and each "
+                     "target frame's embedding is also pulled onto its source pair's, as RePo's released code does "
+                     "(calibration_mode simple_pair)." if args.align_calibration else ""), "",
+                  "| env | alignment | source before | target before | target after | source after |",
+                  "|---|---|---:|---:|---:|---:|"]  # fmt: skip
         for env_id in args.envs:
-            runs = [r for r in aligned if r["env"] == env_id]
-            if runs:
-                lines.append(f"| {env_id} | " + " | ".join(
-                    mean_std([r["align"][k] for r in runs]) for k in
-                    ("source_before", "target_before", "target_after", "source_after")) + " |")  # fmt: skip
+            for key, label in (("align", "unpaired"), ("align_calibrated", f"calibrated ({args.align_calibration} pairs)")):
+                runs = [r[key] for r in aligned if r["env"] == env_id and key in r]
+                if runs:
+                    lines.append(f"| {env_id} | {label} | " + " | ".join(
+                        mean_std([run[k] for run in runs]) for k in ALIGN_COLUMNS) + " |")  # fmt: skip
     if probes:
         lines += ["", "## What the latent keeps: position and action-independent noise", "",
                   f"nav/open-v0 state with {args.noise_dims} N(0, 1) noise dims appended per step; world model only, "
@@ -469,9 +485,10 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
             for row in r["evals"]:
                 writer.writerow(["control", r["env"], r["distractors"], r["objective"], r["seed"], int(row["step"]),
                                  row.get("eval/return", ""), ""])  # fmt: skip
-            if "align" in r:
-                writer.writerow(["align", r["env"], r["distractors"], r["objective"], r["seed"], "", "",
-                                 json.dumps(r["align"])])  # fmt: skip
+            for key in ("align", "align_calibrated"):
+                if key in r:
+                    writer.writerow([key.replace("_", "-"), r["env"], r["distractors"], r["objective"], r["seed"], "",
+                                     "", json.dumps(r[key])])  # fmt: skip
         for p in probes:
             writer.writerow(["probe", "nav/open-v0+noise", "", p["objective"], p["seed"], "", "", json.dumps(p)])
     if results:

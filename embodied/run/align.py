@@ -7,6 +7,8 @@ encoder with no reward (:meth:`embodied.algos.repo.RePo.align`), evaluates again
 writes ``RUN_DIR/align/<name>/``: ``checkpoints/step_N.pt`` (a checkpoint whose config
 names the target env, so ``embodied eval RUN_DIR/align/<name>`` runs it there), ``align.csv`` (alignment losses) and
 ``summary.json`` (return and success before and after, on the target and the source).
+``--calibration-steps N`` first pairs N steps of the source and target envs (the same
+states seen in both domains) to anchor the encoder, as RePo's released adaptation does.
 """
 
 from __future__ import annotations
@@ -26,14 +28,18 @@ def align_name(options: dict[str, Any]) -> str:
 
 
 def align_run(run_dir: str | Path, options: dict[str, Any], steps: int, episodes: int = 10, seed: int = 0,
-              name: str | None = None, device: str = "cpu") -> dict[str, Any]:  # fmt: skip
-    """Align the run's agent to its env with ``options`` changed; returns the summary."""
+              name: str | None = None, device: str = "cpu", calibration_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Align the run's agent to its env with ``options`` changed; returns the summary.
+    ``calibration_steps`` (default: the run's ``algo.calibration_steps``) paired source and
+    target steps anchor the encoder too (:meth:`embodied.algos.repo.RePo.calibration_pairs`)."""
     import embodied
     from embodied.run.config import algo_name
     from embodied.run.fit import evaluate, evaluation_options, seed_everything
 
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
+    if calibration_steps is not None and calibration_steps < 0:
+        raise ValueError(f"--calibration-steps must be >= 0, got {calibration_steps}")
     if not options:
         raise ValueError("give the target domain as --option KEY=VALUE (e.g. distractors=colors): "
                          "with no change there is nothing to align to")  # fmt: skip
@@ -46,6 +52,9 @@ def align_run(run_dir: str | Path, options: dict[str, Any], steps: int, episodes
     if not payload.get("replay_buffer"):
         raise ValueError(f"{path} carries no replay buffer: alignment needs the source domain's observations")
     from embodied.run.online import load_replay_buffer
+
+    if calibration_steps is not None:
+        agent.config.calibration_steps = calibration_steps
 
     agent.load_replay_buffer_arrays(load_replay_buffer(path.parent / payload["replay_buffer"]))
     config = agent.run_config
@@ -62,10 +71,12 @@ def align_run(run_dir: str | Path, options: dict[str, Any], steps: int, episodes
     rows: list[dict[str, float]] = []
     try:
         summary: dict[str, Any] = {"run": str(run_dir), "checkpoint": str(path), "algo": algo_name(config.algo),
-                                   "env": config.env.id, "target_options": options, "steps": steps}  # fmt: skip
+                                   "env": config.env.id, "target_options": options, "steps": steps,
+                                   "calibration_steps": agent.config.calibration_steps}  # fmt: skip
         summary["source_before"] = evaluate(agent, source_env, episodes, eval_seed)
         summary["target_before"] = evaluate(agent, target_env, episodes, eval_seed)
-        agent.align(target_env, steps, on_log=lambda step, metrics: rows.append({"step": step, **metrics}))
+        agent.align(target_env, steps, on_log=lambda step, metrics: rows.append({"step": step, **metrics}),
+                    paired_env=source_env)  # fmt: skip
         summary["target_after"] = evaluate(agent, target_env, episodes, eval_seed)
         summary["source_after"] = evaluate(agent, source_env, episodes, eval_seed)
     finally:

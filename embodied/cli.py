@@ -268,7 +268,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     from embodied.run.align import align_run
 
     summary = align_run(args.run_dir, dict(args.option), args.steps, episodes=args.episodes, seed=args.seed,
-                        name=args.name, calibration_steps=args.calibration_steps)  # fmt: skip
+                        name=args.name, calibration_steps=args.calibration_steps, settings=dict(args.set or []),
+                        updates_per_step=args.updates_per_step)  # fmt: skip
     for key in ("source_before", "target_before", "target_after", "source_after"):
         metrics = summary[key]
         line = f"{key.replace('_', ' ')}: return {metrics['eval/return']:.2f}"
@@ -738,6 +739,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first pair N steps of the source and target envs (the same states in both domains) to "
                          "anchor the encoder, as RePo's released code does with 5000 (default: the run's "
                          "algo.calibration_steps, 0: unpaired)")
+    al.add_argument("--set", action="append", type=_parse_option, metavar="KEY=VALUE",
+                    help="change an alignment setting of the run's algo config, e.g. align_coef=0 (any other "
+                         "key is refused with the list of those allowed)")
+    al.add_argument("--updates-per-step", type=float, metavar="R",
+                    help="encoder updates per target env step (default: training's train_steps / train_every)")
     al.add_argument("--name", help="output folder under RUN_DIR/align/ (default: from the options)")
     al.add_argument("--json", action="store_true")
     al.set_defaults(run=cmd_align)

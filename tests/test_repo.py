@@ -329,6 +329,13 @@ def test_align_adapts_only_the_encoder_and_writes_a_target_checkpoint(tmp_path, 
     assert yaml.safe_load((calibrated / "summary.json").read_text())["calibration_steps"] == 20
     assert "align/calibration_loss" in (calibrated / "align.csv").read_text().splitlines()[0]
     assert summary["calibration_steps"] == 0  # the run's own default: unpaired
+    # other alignment settings and the update ratio from the command line; the trained model's are refused
+    assert main(["align", str(run_dir), "--option", "distractors=colors", "--steps", "20", "--episodes", "1",
+                 "--set", "align_coef=0", "--updates-per-step", "0.5", "--name", "no-adversary"]) == 0  # fmt: skip
+    settings = yaml.safe_load((run_dir / "align" / "no-adversary" / "summary.json").read_text())
+    assert settings["settings"] == {"align_coef": 0} and settings["updates_per_step"] == 0.5
+    rows = (run_dir / "align" / "no-adversary" / "align.csv").read_text().splitlines()[1:]
+    assert len(rows) == 8  # 0.5 per step over steps 6..20 (the warm-up is one sequence, seq_len 6), rounded up
 
 
 def test_calibration_pairs_show_each_state_in_both_domains_and_pull_the_encoder_onto_the_source():
@@ -366,6 +373,12 @@ def test_align_errors_say_what_is_missing(tmp_path, capsys):
         align_run(run_dir, {"distractors": "colors"}, steps=0)
     with pytest.raises(ValueError, match="--calibration-steps must be >= 0"):
         align_run(run_dir, {"distractors": "colors"}, steps=10, calibration_steps=-5)
+    with pytest.raises(ValueError, match="--set hidden_dim: an alignment may change only alignment, align_lr"):
+        align_run(run_dir, {"distractors": "colors"}, steps=10, settings={"hidden_dim": 8})
+    with pytest.raises(ValueError, match="algo.alignment must be one of"):  # the config's own checks run
+        align_run(run_dir, {"distractors": "colors"}, steps=10, settings={"alignment": "nearest"})
+    with pytest.raises(ValueError, match="--updates-per-step must be > 0"):
+        align_run(run_dir, {"distractors": "colors"}, steps=10, updates_per_step=0)
     (run_dir / "checkpoints" / "step_50.replay.npz").unlink()
     with pytest.raises(FileNotFoundError, match="replay buffer"):
         align_run(run_dir, {"distractors": "colors"}, steps=10)

@@ -8,7 +8,9 @@ writes ``RUN_DIR/align/<name>/``: ``checkpoints/step_N.pt`` (a checkpoint whose 
 names the target env, so ``embodied eval RUN_DIR/align/<name>`` runs it there), ``align.csv`` (alignment losses) and
 ``summary.json`` (return and success before and after, on the target and the source).
 ``--calibration-steps N`` first pairs N steps of the source and target envs (the same
-states seen in both domains) to anchor the encoder, as RePo's released adaptation does.
+states seen in both domains) to anchor the encoder, as RePo's released adaptation does;
+``--set KEY=VALUE`` changes another alignment setting of the run's algo config (e.g.
+``align_coef=0``), ``--updates-per-step R`` the encoder updates per target env step.
 """
 
 from __future__ import annotations
@@ -27,11 +29,19 @@ def align_name(options: dict[str, Any]) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)
 
 
+#: The run's algo settings an alignment may change (``--set``); the rest make the trained model.
+ALIGN_SETTINGS = ("alignment", "align_lr", "align_coef", "dynamics_coef", "disc_lr", "disc_hidden", "tau_lr", "u_lr",
+                  "init_u", "calibration_steps", "calibration_coef")  # fmt: skip
+
+
 def align_run(run_dir: str | Path, options: dict[str, Any], steps: int, episodes: int = 10, seed: int = 0,
-              name: str | None = None, device: str = "cpu", calibration_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
+              name: str | None = None, device: str = "cpu", calibration_steps: int | None = None,
+              settings: dict[str, Any] | None = None, updates_per_step: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Align the run's agent to its env with ``options`` changed; returns the summary.
     ``calibration_steps`` (default: the run's ``algo.calibration_steps``) paired source and
-    target steps anchor the encoder too (:meth:`embodied.algos.repo.RePo.calibration_pairs`)."""
+    target steps anchor the encoder too (:meth:`embodied.algos.repo.RePo.calibration_pairs`);
+    ``settings`` change other alignment settings of the run's algo config (ALIGN_SETTINGS),
+    ``updates_per_step`` the encoder updates per target env step (default: training's ratio)."""
     import embodied
     from embodied.run.config import algo_name
     from embodied.run.fit import evaluate, evaluation_options, seed_everything
@@ -40,6 +50,14 @@ def align_run(run_dir: str | Path, options: dict[str, Any], steps: int, episodes
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if calibration_steps is not None and calibration_steps < 0:
         raise ValueError(f"--calibration-steps must be >= 0, got {calibration_steps}")
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(ALIGN_SETTINGS))
+    if unknown:
+        raise ValueError(f"--set {', '.join(unknown)}: an alignment may change only {', '.join(ALIGN_SETTINGS)}")
+    if calibration_steps is not None:
+        settings["calibration_steps"] = calibration_steps
+    if updates_per_step is not None and not updates_per_step > 0:
+        raise ValueError(f"--updates-per-step must be > 0, got {updates_per_step}")
     if not options:
         raise ValueError("give the target domain as --option KEY=VALUE (e.g. distractors=colors): "
                          "with no change there is nothing to align to")  # fmt: skip
@@ -53,8 +71,10 @@ def align_run(run_dir: str | Path, options: dict[str, Any], steps: int, episodes
         raise ValueError(f"{path} carries no replay buffer: alignment needs the source domain's observations")
     from embodied.run.online import load_replay_buffer
 
-    if calibration_steps is not None:
-        agent.config.calibration_steps = calibration_steps
+    if settings:  # a fresh config, so its checks run on the new values
+        from dataclasses import asdict
+
+        agent.config = type(agent.config)(**{**asdict(agent.config), **settings})
 
     agent.load_replay_buffer_arrays(load_replay_buffer(path.parent / payload["replay_buffer"]))
     config = agent.run_config
@@ -72,11 +92,12 @@ def align_run(run_dir: str | Path, options: dict[str, Any], steps: int, episodes
     try:
         summary: dict[str, Any] = {"run": str(run_dir), "checkpoint": str(path), "algo": algo_name(config.algo),
                                    "env": config.env.id, "target_options": options, "steps": steps,
-                                   "calibration_steps": agent.config.calibration_steps}  # fmt: skip
+                                   "calibration_steps": agent.config.calibration_steps, "settings": settings,
+                                   "updates_per_step": updates_per_step}  # fmt: skip
         summary["source_before"] = evaluate(agent, source_env, episodes, eval_seed)
         summary["target_before"] = evaluate(agent, target_env, episodes, eval_seed)
         agent.align(target_env, steps, on_log=lambda step, metrics: rows.append({"step": step, **metrics}),
-                    paired_env=source_env)  # fmt: skip
+                    paired_env=source_env, updates_per_step=updates_per_step)  # fmt: skip
         summary["target_after"] = evaluate(agent, target_env, episodes, eval_seed)
         summary["source_after"] = evaluate(agent, source_env, episodes, eval_seed)
     finally:

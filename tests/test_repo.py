@@ -404,8 +404,8 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     monkeypatch.setattr(bench, "IMAGE_SIZE", 16)
     out = tmp_path / "repo.md"
     argv = ["--envs", "nav/open-v0", "--distractors", "none", "--seeds", "0", "--steps", "100", "--evals", "1",
-            "--eval-episodes", "1", "--align-steps", "30", "--align-calibration", "20", "--probe-updates", "3",
-            "--probe-data", "120",
+            "--eval-episodes", "1", "--align-steps", "30", "--align-calibration", "20", "--calibrated-set",
+            "align_coef=0", "--calibrated-updates-per-step", "0.5", "--probe-updates", "3", "--probe-data", "120",
             "--workers", "1", "--run-dir", str(tmp_path / "runs"), "--out", str(out),
             "--set", "nav/open-v0:algo.horizon=3"]  # fmt: skip
     bench.main(argv)
@@ -437,7 +437,9 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
                             for label in ("unpaired", "calibrated (20 pairs)"))  # fmt: skip
     assert unpaired.split(" | ")[2:4] == calibrated.split(" | ")[2:4]  # the same returns before alignment
     aligned = tmp_path / "runs" / "repo-nav-open-v0-none-seed0" / "align"
-    assert json.loads((aligned / "bench-calibrated" / "summary.json").read_text())["calibration_steps"] == 20
+    calibrated_run = json.loads((aligned / "bench-calibrated" / "summary.json").read_text())
+    assert calibrated_run["calibration_steps"] == 20 and calibrated_run["settings"] == {"align_coef": 0}
+    assert calibrated_run["updates_per_step"] == 0.5 and "; align_coef=0, 0.5 encoder updates per env step." in text
     summary, calibrated_summary = aligned / "bench" / "summary.json", aligned / "bench-calibrated" / "summary.json"
     written = {path: path.stat().st_mtime_ns for path in [*probes, summary, calibrated_summary]}
     bench.main(argv)  # (trials run in worker processes: what they reuse shows in the files they leave alone)

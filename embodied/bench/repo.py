@@ -134,16 +134,20 @@ def run_trial(trial: dict) -> dict:
         from embodied.run.align import align_run
 
         final = f"step_{int(evals[-1]['step'])}.pt"  # an alignment of a shorter run's checkpoint is redone
-        alignments = {"align": ("bench", 0)}  # unpaired; then, if asked, calibrated by paired steps
+        # unpaired; then, if asked, calibrated by paired steps (with its own settings and update ratio)
+        alignments = {"align": ("bench", 0, {}, None)}
         if trial.get("align_calibration"):
-            alignments["align_calibrated"] = ("bench-calibrated", trial["align_calibration"])
-        for key, (name, pairs) in alignments.items():
+            alignments["align_calibrated"] = ("bench-calibrated", trial["align_calibration"],
+                                              trial.get("calibrated_settings", {}), trial.get("calibrated_ratio"))  # fmt: skip
+        for key, (name, pairs, settings, ratio) in alignments.items():
             saved = run_dir / "align" / name / "summary.json"
             summary = json.loads(saved.read_text()) if saved.exists() else {}
-            if (summary.get("target_options"), summary.get("steps"), Path(summary.get("checkpoint", "")).name,
-                    summary.get("calibration_steps", 0)) != (trial["align_to"], trial["align_steps"], final, pairs):  # fmt: skip
+            done = (summary.get("target_options"), summary.get("steps"), Path(summary.get("checkpoint", "")).name,
+                    summary.get("calibration_steps", 0), summary.get("settings", {}), summary.get("updates_per_step"))
+            if done != (trial["align_to"], trial["align_steps"], final, pairs, settings, ratio):
                 summary = align_run(run_dir, trial["align_to"], trial["align_steps"], episodes=trial["eval_episodes"],
-                                    seed=trial["seed"], name=name, calibration_steps=pairs)  # fmt: skip
+                                    seed=trial["seed"], name=name, calibration_steps=pairs, settings=settings,
+                                    updates_per_step=ratio)  # fmt: skip
             result[key] = {k: summary[k]["eval/return"] for k in ALIGN_COLUMNS}
     return result
 
@@ -289,6 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--align-calibration", type=int, default=0, metavar="N",
                         help="also align with N calibration pairs (the same states seen in both domains first, as "
                              "RePo's released code does with 5000); 0: only the unpaired alignment")
+    parser.add_argument("--calibrated-set", action="append", metavar="KEY=VALUE",
+                        help="an alignment setting of the calibrated alignment (embodied align --set)")
+    parser.add_argument("--calibrated-updates-per-step", type=float, metavar="R",
+                        help="encoder updates per env step of the calibrated alignment (default: training's ratio)")
     parser.add_argument("--probe-updates", type=int, default=1500, help="world-model updates of the probe (0: skip)")
     parser.add_argument("--probe-data", type=int, default=5000, help="random-policy env steps the probe learns from")
     parser.add_argument("--noise-dims", type=int, default=8)
@@ -313,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     import yaml
 
     align_to = dict((k.strip(), yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in args.align_to.split(";")))
+    if any("=" not in item for item in args.calibrated_set or []):
+        raise SystemExit(f"--calibrated-set takes KEY=VALUE, got {' '.join(args.calibrated_set)}")
+    calibrated_settings = {k.strip(): yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.calibrated_set or [])}
 
     probes = [{"objective": objective, "seed": seed, "noise_dims": args.noise_dims, "updates": args.probe_updates,
                "data_steps": args.probe_data, "cache": str(args.run_dir / "probes" / f"{objective}-seed{seed}.json")}
@@ -332,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
                                    "config": trial_config(env_id, distractors, objective, seed, args),
                                    "align_to": align_to if aligned else None, "align_steps": args.align_steps,
                                    "align_calibration": args.align_calibration,
+                                   "calibrated_settings": calibrated_settings,
+                                   "calibrated_ratio": args.calibrated_updates_per_step,
                                    "eval_episodes": args.eval_episodes})  # fmt: skip
     results = run_trials(run_trial, trials, args.workers, lambda r: (
         f"{r['env']} {r['distractors']} {r['objective']} seed {r['seed']}: return {r['evals'][-1]['eval/return']:.2f}"
@@ -440,13 +453,18 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
                              f"{'n/a' if success is None else f'{success:.2f}'} |")  # fmt: skip
     if aligned:
         target = ", ".join(f"{k}={v}" for k, v in align_to.items())
+        calibrated = ""
+        if args.align_calibration:
+            own = [*(args.calibrated_set or []), *([f"{args.calibrated_updates_per_step} encoder updates per env step"]
+                                                   if args.calibrated_updates_per_step else [])]  # fmt: skip
+            calibrated = (f" Calibrated: first {args.align_calibration} steps of the frozen policy in the source env, "
+                          "replayed in the target env from the same seeds (the same states in both domains), and each "
+                          "target frame's embedding is also pulled onto its source pair's, as RePo's released code "
+                          "does (calibration_mode simple_pair)" + (f"; {', '.join(own)}" if own else "") + ".")
         lines += ["", f"## Test-time alignment to `{target}` (RePo runs trained without distractors)", "",
-                  f"{args.align_steps} reward-free env steps in the shifted domain; only the encoder learns. Unpaired: "
-                  "support matching and dynamics consistency, as the paper describes it."
-                  + (f" Calibrated: first {args.align_calibration} steps of the frozen policy in the source env, "
-                     "replayed in the target env from the same seeds (the same states in both domains), and each "
-                     "target frame's embedding is also pulled onto its source pair's, as RePo's released code does "
-                     "(calibration_mode simple_pair)." if args.align_calibration else ""), "",
+                  f"{args.align_steps} reward-free env steps in the shifted domain; only the encoder learns, by "
+                  "training's update ratio unless said otherwise. Unpaired: support matching and dynamics "
+                  "consistency, as the paper describes it." + calibrated, "",
                   "| env | alignment | source before | target before | target after | source after |",
                   "|---|---|---:|---:|---:|---:|"]  # fmt: skip
         for env_id in args.envs:

@@ -54,8 +54,7 @@ def align_run(run_dir: str | Path, options: dict[str, Any], steps: int, episodes
     unknown = sorted(set(settings) - set(ALIGN_SETTINGS))
     if unknown:
         raise ValueError(f"--set {', '.join(unknown)}: an alignment may change only {', '.join(ALIGN_SETTINGS)}")
-    if calibration_steps is not None:
-        settings["calibration_steps"] = calibration_steps
+    changes = {**settings, **({} if calibration_steps is None else {"calibration_steps": calibration_steps})}
     if updates_per_step is not None and not updates_per_step > 0:
         raise ValueError(f"--updates-per-step must be > 0, got {updates_per_step}")
     if not options:
@@ -71,10 +70,10 @@ def align_run(run_dir: str | Path, options: dict[str, Any], steps: int, episodes
         raise ValueError(f"{path} carries no replay buffer: alignment needs the source domain's observations")
     from embodied.run.online import load_replay_buffer
 
-    if settings:  # a fresh config, so its checks run on the new values
+    if changes:  # a fresh config, so its checks run on the new values
         from dataclasses import asdict
 
-        agent.config = type(agent.config)(**{**asdict(agent.config), **settings})
+        agent.config = type(agent.config)(**{**asdict(agent.config), **changes})
 
     agent.load_replay_buffer_arrays(load_replay_buffer(path.parent / payload["replay_buffer"]))
     config = agent.run_config

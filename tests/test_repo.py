@@ -446,6 +446,45 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     assert {path: path.stat().st_mtime_ns for path in written} == written
 
 
+def test_bench_records_keep_finished_runs_beyond_their_run_directory(tmp_path, monkeypatch):
+    import shutil
+
+    from embodied.bench import repo as bench
+
+    monkeypatch.setattr(bench, "CPU_SIZES", {**TINY, "prefill": 50, "train_every": 25, "train_steps": 1})
+    monkeypatch.setattr(bench, "IMAGE_SIZE", 16)
+    records, runs, out = tmp_path / "records", tmp_path / "runs", tmp_path / "repo.md"
+    argv = ["--envs", "nav/open-v0", "--distractors", "none", "--objectives", "repo", "--seeds", "0", "--steps", "50",
+            "--evals", "1", "--eval-episodes", "1", "--align-steps", "0", "--probe-updates", "0", "--workers", "1",
+            "--run-dir", str(runs), "--out", str(out), "--records", str(records)]  # fmt: skip
+    bench.main(argv)
+    record = records / "repo-nav-open-v0-none-seed0.json"
+    saved = json.loads(record.read_text())
+    assert saved["result"]["evals"][-1]["step"] == 50 and saved["result"]["commit"] != ""
+    assert saved["settings"]["config"]["train"]["name"] == "repo-nav-open-v0-none-seed0"
+    assert "run_dir" not in saved["settings"]["config"]["train"]  # where the run was saved is not a setting
+
+    def control(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("| nav/open-v0 | none |")]
+
+    first = out.read_text()
+    assert f"Each run's outcome is kept in `{records}/` (`--records`)" in first and "finished on " in first
+    # another machine: no run directory, only the record, under another --run-dir: nothing trains again
+    shutil.rmtree(runs)
+    elsewhere = [*argv[:argv.index("--run-dir") + 1], str(tmp_path / "other"), *argv[argv.index("--run-dir") + 2:]]
+    bench.main(elsewhere)
+    assert not (tmp_path / "other").exists() and control(out.read_text()) == control(first)
+    # a record of other settings is not read: the run trains, and its record is replaced
+    saved["settings"]["config"]["algo"]["gamma"] = 0.5
+    record.write_text(json.dumps(saved))
+    bench.main(argv)
+    assert (runs / "repo-nav-open-v0-none-seed0" / "config.yaml").exists()
+    assert "gamma" not in json.loads(record.read_text())["settings"]["config"]["algo"]
+    record.write_text("{not json")  # a damaged record is trained again too, not an error
+    bench.main(argv)
+    assert json.loads(record.read_text())["result"]["evals"][-1]["step"] == 50
+
+
 def test_bench_set_can_be_limited_to_one_envs_runs(tmp_path):
     from argparse import Namespace
 

@@ -34,6 +34,13 @@ A rerun reuses what an earlier one finished under ``--run-dir``: control runs, a
 and probes with the same settings. A control run that finished fewer ``--steps`` with the
 same evaluation interval (``--steps / --evals``) is continued from its last checkpoint, so
 a longer budget builds on a shorter one (its alignment is then redone).
+
+``--records DIR`` also keeps each finished control run's outcome (its evaluations, world-model
+metrics and alignments) as a small JSON record in DIR, beside the exact settings it ran with,
+the date and the git commit; a later bench with the same settings reads the record instead of
+training, even on a machine without the run's directory. A page too long for one sitting can
+so be built over several (the page says which runs came from records, when and at which commit);
+a record whose settings differ in anything but where the runs were saved is trained again.
 """
 
 from __future__ import annotations
@@ -117,6 +124,29 @@ def env_overrides(env_id: str, overrides: list[str] | None) -> list[str]:
         if override_scope(override) in ("", env_id):
             chosen.append(key.rpartition(":")[2].strip() + override[len(key):])
     return chosen
+
+
+def record_settings(trial: dict) -> dict:
+    """What a control run's record must match: the trial without where its runs are saved
+    (``train.run_dir``) and without the record's own path."""
+    settings = {k: v for k, v in trial.items() if k != "record"}
+    settings["config"] = {**trial["config"], "train": {k: v for k, v in trial["config"]["train"].items()
+                                                       if k != "run_dir"}}  # fmt: skip
+    return json.loads(json.dumps(settings))  # as a record reads back (tuples are lists)
+
+
+def recorded_trial(trial: dict) -> dict:
+    """``run_trial(trial)``, or its record at ``trial['record']`` when it holds these settings."""
+    if not trial.get("record"):
+        return run_trial(trial)
+
+    def run_and_stamp() -> dict:
+        import subprocess
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        return run_trial(trial) | {"finished": time.strftime("%Y-%m-%d"), "commit": commit.stdout.strip() or None}
+
+    return cached(trial["record"], record_settings(trial), run_and_stamp) | {"record": trial["record"]}
 
 
 def run_trial(trial: dict) -> dict:
@@ -305,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-repo"))
     parser.add_argument("--out", type=Path, default=Path("results/repo.md"))
+    parser.add_argument("--records", type=Path, metavar="DIR",
+                        help="keep each finished control run's outcome as a JSON record in DIR, and read a record "
+                             "with the same settings instead of training (default: no records)")
     args = parser.parse_args(argv)
     command = "python -m embodied.bench.repo " + " ".join(argv if argv is not None else sys.argv[1:])
     for override in args.set or []:
@@ -346,7 +379,9 @@ def main(argv: list[str] | None = None) -> None:
                                    "calibrated_settings": calibrated_settings,
                                    "calibrated_ratio": args.calibrated_updates_per_step,
                                    "eval_episodes": args.eval_episodes})  # fmt: skip
-    results = run_trials(run_trial, trials, args.workers, lambda r: (
+                    if args.records:
+                        trials[-1]["record"] = str(args.records / f"{trials[-1]['config']['train']['name']}.json")
+    results = run_trials(recorded_trial, trials, args.workers, lambda r: (
         f"{r['env']} {r['distractors']} {r['objective']} seed {r['seed']}: return {r['evals'][-1]['eval/return']:.2f}"
         + (f", aligned {r['align']['target_before']:.2f} -> {r['align']['target_after']:.2f}" if "align" in r else "")
         + (f", calibrated -> {r['align_calibrated']['target_after']:.2f}" if "align_calibrated" in r else "")
@@ -405,6 +440,14 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
         f"episodes, mean ± std over seeds {', '.join(map(str, args.seeds))}. Env options from "
         + "; ".join(f"`configs/repo/{CONFIGS[env_id]}` ({env_settings(env_id)})" for env_id in args.envs) + ".",
     ]
+    recorded = [r for r in results if r.get("record")]
+    if recorded:
+        days = sorted({r["finished"] for r in recorded})
+        commits = sorted({r["commit"] for r in recorded if r.get("commit")})
+        lines[-1] += (f" Each run's outcome is kept in `{Path(recorded[0]['record']).parent}/` (`--records`), read back "
+                      "where a run with the same settings finished before: these runs finished "
+                      + (f"on {days[0]}" if len(days) == 1 else f"between {days[0]} and {days[-1]}")
+                      + (f", at commit{'s' * (len(commits) > 1)} {', '.join(commits)}" if commits else "") + ".")  # fmt: skip
     groups: dict[tuple, list[dict]] = {}
     for result in results:
         groups.setdefault((result["env"], result["distractors"], result["objective"]), []).append(result)

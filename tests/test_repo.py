@@ -463,6 +463,9 @@ def test_bench_records_keep_finished_runs_beyond_their_run_directory(tmp_path, m
     assert saved["result"]["evals"][-1]["step"] == 50 and saved["result"]["commit"] != ""
     assert saved["settings"]["config"]["train"]["name"] == "repo-nav-open-v0-none-seed0"
     assert "run_dir" not in saved["settings"]["config"]["train"]  # where the run was saved is not a setting
+    assert "align_calibration" not in saved["settings"]  # nor how runs it does not include are aligned
+    bench.main([*argv, "--align-calibration", "20", "--calibrated-set", "align_coef=0"])
+    assert json.loads(record.read_text()) == saved  # (no alignment: the calibration's settings change nothing)
 
     def control(text: str) -> list[str]:
         return [line for line in text.splitlines() if line.startswith("| nav/open-v0 | none |")]

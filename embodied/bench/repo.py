@@ -128,8 +128,14 @@ def env_overrides(env_id: str, overrides: list[str] | None) -> list[str]:
 
 def record_settings(trial: dict) -> dict:
     """What a control run's record must match: the trial without where its runs are saved
-    (``train.run_dir``) and without the record's own path."""
-    settings = {k: v for k, v in trial.items() if k != "record"}
+    (``train.run_dir``), the record's own path, and alignment settings it does not use (a run
+    that is not aligned, or aligned unpaired only, matches whatever the other runs' are)."""
+    unused = {"record"}
+    if not trial.get("align_to"):
+        unused |= {"align_steps", "align_calibration", "calibrated_settings", "calibrated_ratio"}
+    elif not trial.get("align_calibration"):
+        unused |= {"calibrated_settings", "calibrated_ratio"}
+    settings = {k: v for k, v in trial.items() if k not in unused}
     settings["config"] = {**trial["config"], "train": {k: v for k, v in trial["config"]["train"].items()
                                                        if k != "run_dir"}}  # fmt: skip
     return json.loads(json.dumps(settings))  # as a record reads back (tuples are lists)

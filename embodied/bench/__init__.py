@@ -82,6 +82,15 @@ def mean_std(values, digits: int = 2) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}" if values else "—"
 
 
+def save_figure(figure, path) -> None:
+    """Write ``figure`` to ``path`` (a PNG at the pages' resolution) and close it, so that a
+    process writing many pages (the test suite) keeps no figures open."""
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def plot_mean_std(axis, runs: list[dict], value_of, label: str, **style) -> None:
     """One curve of runs' evaluations (each run holds ``evals``: rows with ``step``): the mean
     over runs of ``value_of(row)``, with a ±1 std band."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embodied.bench import cached, mean_std, write_section
+from embodied.bench import cached, mean_std, save_figure, write_section
 from embodied.bench.vlm_feedback import TITLE
 
 SPLITS = {"seen": "train", "new instructions": "new-instructions", "new layout": "new-layouts"}
@@ -167,7 +167,7 @@ def write(results: list[dict], args, command: str) -> None:
     axis.set_ylim(0, 1.05)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(plot, dpi=110)
+    save_figure(figure, plot)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import earlier_commands, mean_std, plot_mean_std, run_trials  # noqa: E402
+from embodied.bench import earlier_commands, mean_std, plot_mean_std, run_trials, save_figure  # noqa: E402
 from embodied.envs.metaworld import ROBOT_FEATURES  # noqa: E402
 
 #: MTM sized for one CPU thread. At the paper's size (width 512, batches of 2048
@@ -538,7 +538,7 @@ def write(results: list[dict], args, commands: list[str]) -> None:
         axis.set_ylabel("success rate" if env_id_of(task).startswith("metaworld/") else "normalised return")
     axes[0][-1].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(args.out.with_suffix(".png"), dpi=110)
+    save_figure(figure, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embodied.bench import cached, mean_std, plot_mean_std, run_trials, write_section
+from embodied.bench import cached, mean_std, plot_mean_std, run_trials, save_figure, write_section
 from embodied.bench.vlm_feedback import TITLE
 
 VARIANTS = {"a-parl": "A-PARL (bilevel hypergradient)", "direct": "online, direct term only",
@@ -137,7 +137,7 @@ def write(results: list[dict], args, command: str) -> None:
     axis.set_ylim(-0.05, 1.05)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(plot, dpi=110)
+    save_figure(figure, plot)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import earlier_commands, mean_std, run_trials  # noqa: E402
+from embodied.bench import earlier_commands, mean_std, run_trials, save_figure  # noqa: E402
 from embodied.bench.offline_rl import dataset_name, env_id_of, read_evals, train_once  # noqa: E402
 
 #: Teachers of part (a): name -> ScriptedTeacher.preset arguments. Meta-World's per-step
@@ -629,7 +629,7 @@ def write(results: list[dict], args, commands: list[str], gw_time: dict[str, flo
     right.set_xlabel(f"success rate after {args.steps} updates (mean ± std over seeds)")
     right.set_title(f"(b, c) {args.target} / {args.quality}", fontsize=9)
     figure.tight_layout()
-    figure.savefig(args.out.with_suffix(".png"), dpi=110)
+    save_figure(figure, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import cached, calls_per_second, mean_std, plot_mean_std, run_trials  # noqa: E402
+from embodied.bench import cached, calls_per_second, mean_std, plot_mean_std, run_trials, save_figure  # noqa: E402
 from embodied.bench.offline_rl import read_evals, train_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -571,7 +571,7 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
         axes[0][0].set_ylabel("return")
         axes[0][-1].legend(fontsize=8)
         figure.tight_layout()
-        figure.savefig(args.out.with_suffix(".png"), dpi=110)
+        save_figure(figure, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

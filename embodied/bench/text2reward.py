@@ -37,7 +37,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import mean_std, plot_mean_std, run_trials  # noqa: E402
+from embodied.bench import mean_std, plot_mean_std, run_trials, save_figure  # noqa: E402
 from embodied.bench.offline_rl import read_evals  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -326,7 +326,7 @@ def write(results: list[dict], speed: list[dict], args, command: str) -> None:
     axes[0][0].set_ylabel("success rate")
     axes[0][-1].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(args.out.with_suffix(".png"), dpi=110)
+    save_figure(figure, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

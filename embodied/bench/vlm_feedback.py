@@ -26,7 +26,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from embodied.bench import mean_std, plot_mean_std, run_trials, write_section  # noqa: E402
+from embodied.bench import mean_std, plot_mean_std, run_trials, save_figure, write_section  # noqa: E402
 from embodied.bench.offline_rl import train_once  # noqa: E402
 
 REWARD_MODEL = {"members": 3, "hidden_dims": (256, 256), "batch_size": 32, "inputs": "state"}
@@ -184,7 +184,7 @@ def write(results: list[dict], args, command: str) -> None:
     axis.set_title(args.env, fontsize=9)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(args.out.with_suffix(".png"), dpi=110)
+    save_figure(figure, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -471,7 +471,7 @@ def test_bench_records_keep_finished_runs_beyond_their_run_directory(tmp_path, m
         return [line for line in text.splitlines() if line.startswith("| nav/open-v0 | none |")]
 
     first = out.read_text()
-    assert f"Each run's outcome is kept in `{records}/` (`--records`)" in first and "finished on " in first
+    assert f"Each run's outcome is kept in `{records}/` (`--records`)" in first and "were recorded on " in first
     # another machine: no run directory, only the record, under another --run-dir: nothing trains again
     shutil.rmtree(runs)
     elsewhere = [*argv[:argv.index("--run-dir") + 1], str(tmp_path / "other"), *argv[argv.index("--run-dir") + 2:]]

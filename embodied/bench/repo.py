@@ -37,7 +37,7 @@ a longer budget builds on a shorter one (its alignment is then redone).
 
 ``--records DIR`` also keeps each finished control run's outcome (its evaluations, world-model
 metrics and alignments) as a small JSON record in DIR, beside the exact settings it ran with,
-the date and the git commit; a later bench with the same settings reads the record instead of
+the date and the git commit it was recorded at; a later bench with the same settings reads the record instead of
 training, even on a machine without the run's directory. A page too long for one sitting can
 so be built over several (the page says which runs came from records, when and at which commit);
 a record whose settings differ in anything but where the runs were saved is trained again.
@@ -150,7 +150,7 @@ def recorded_trial(trial: dict) -> dict:
         import subprocess
 
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        return run_trial(trial) | {"finished": time.strftime("%Y-%m-%d"), "commit": commit.stdout.strip() or None}
+        return run_trial(trial) | {"recorded": time.strftime("%Y-%m-%d"), "commit": commit.stdout.strip() or None}
 
     return cached(trial["record"], record_settings(trial), run_and_stamp) | {"record": trial["record"]}
 
@@ -448,12 +448,13 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
     ]
     recorded = [r for r in results if r.get("record")]
     if recorded:
-        days = sorted({r["finished"] for r in recorded})
+        days = sorted({r["recorded"] for r in recorded})
         commits = sorted({r["commit"] for r in recorded if r.get("commit")})
         lines[-1] += (f" Each run's outcome is kept in `{Path(recorded[0]['record']).parent}/` (`--records`), read back "
-                      "where a run with the same settings finished before: these runs finished "
+                      "where a run with the same settings finished before: these runs were recorded "
                       + (f"on {days[0]}" if len(days) == 1 else f"between {days[0]} and {days[-1]}")
-                      + (f", at commit{'s' * (len(commits) > 1)} {', '.join(commits)}" if commits else "") + ".")  # fmt: skip
+                      + (f", by the code at commit{'s' * (len(commits) > 1)} {', '.join(commits)}" if commits else "")
+                      + ".")  # fmt: skip
     groups: dict[tuple, list[dict]] = {}
     for result in results:
         groups.setdefault((result["env"], result["distractors"], result["objective"]), []).append(result)

@@ -477,12 +477,18 @@ def test_bench_records_keep_finished_runs_beyond_their_run_directory(tmp_path, m
     elsewhere = [*argv[:argv.index("--run-dir") + 1], str(tmp_path / "other"), *argv[argv.index("--run-dir") + 2:]]
     bench.main(elsewhere)
     assert not (tmp_path / "other").exists() and control(out.read_text()) == control(first)
-    # a record of other settings is not read: the run trains, and its record is replaced
-    saved["settings"]["config"]["algo"]["gamma"] = 0.5
-    record.write_text(json.dumps(saved))
-    bench.main(argv)
+    # a run of other settings (another --set) is not read from the record: it trains, and its
+    # record goes beside the first, which is kept; both are read back from then on
+    other = [*argv, "--set", "algo.gamma=0.5"]
+    bench.main(other)
     assert (runs / "repo-nav-open-v0-none-seed0" / "config.yaml").exists()
-    assert "gamma" not in json.loads(record.read_text())["settings"]["config"]["algo"]
+    assert json.loads(record.read_text()) == saved
+    beside = [path for path in records.glob("repo-nav-open-v0-none-seed0-*.json")]
+    assert len(beside) == 1 and json.loads(beside[0].read_text())["settings"]["config"]["algo"]["gamma"] == 0.5
+    shutil.rmtree(runs)
+    bench.main(other)
+    bench.main(argv)
+    assert not runs.exists() and sorted(records.iterdir()) == sorted([record, *beside])
     record.write_text("{not json")  # a damaged record is trained again too, not an error
     bench.main(argv)
     assert json.loads(record.read_text())["result"]["evals"][-1]["step"] == 50

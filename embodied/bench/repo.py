@@ -40,7 +40,9 @@ metrics and alignments) as a small JSON record in DIR, beside the exact settings
 the date and the git commit it was recorded at; a later bench with the same settings reads the record instead of
 training, even on a machine without the run's directory. A page too long for one sitting can
 so be built over several (the page says which runs came from records, when and at which commit);
-a record whose settings differ in anything but where the runs were saved is trained again.
+a record whose settings differ in anything but where the runs were saved is trained again, and
+its record is kept beside the other (``NAME-<hash>.json``), so a bench with other ``--set`` overrides
+sharing the records' folder loses none of them.
 """
 
 from __future__ import annotations
@@ -139,6 +141,25 @@ def record_settings(trial: dict) -> dict:
     settings["config"] = {**trial["config"], "train": {k: v for k, v in trial["config"]["train"].items()
                                                        if k != "run_dir"}}  # fmt: skip
     return json.loads(json.dumps(settings))  # as a record reads back (tuples are lists)
+
+
+def record_path(records: Path, name: str, settings: dict) -> Path:
+    """Where the record of a run named ``name`` with these settings is, or goes: ``name.json``
+    unless that holds a record of other settings (another ``--set``, or older code's), which is
+    kept; then the one of ``name-<hash>.json`` that holds these, or a new one."""
+    import hashlib
+
+    def holds(path: Path) -> bool | None:  # None: no readable record there
+        try:
+            return json.loads(path.read_text())["settings"] == settings
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    plain = records / f"{name}.json"
+    if holds(plain) in (True, None):
+        return plain
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return records / f"{name}-{digest}.json"
 
 
 def recorded_trial(trial: dict) -> dict:
@@ -386,7 +407,8 @@ def main(argv: list[str] | None = None) -> None:
                                    "calibrated_ratio": args.calibrated_updates_per_step,
                                    "eval_episodes": args.eval_episodes})  # fmt: skip
                     if args.records:
-                        trials[-1]["record"] = str(args.records / f"{trials[-1]['config']['train']['name']}.json")
+                        trials[-1]["record"] = str(record_path(args.records, trials[-1]["config"]["train"]["name"],
+                                                               record_settings(trials[-1])))
     results = run_trials(recorded_trial, trials, args.workers, lambda r: (
         f"{r['env']} {r['distractors']} {r['objective']} seed {r['seed']}: return {r['evals'][-1]['eval/return']:.2f}"
         + (f", aligned {r['align']['target_before']:.2f} -> {r['align']['target_after']:.2f}" if "align" in r else "")

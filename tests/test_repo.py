@@ -483,7 +483,7 @@ def test_bench_records_keep_finished_runs_beyond_their_run_directory(tmp_path, m
     bench.main(other)
     assert (runs / "repo-nav-open-v0-none-seed0" / "config.yaml").exists()
     assert json.loads(record.read_text()) == saved
-    beside = [path for path in records.glob("repo-nav-open-v0-none-seed0-*.json")]
+    beside = list(records.glob("repo-nav-open-v0-none-seed0-*.json"))
     assert len(beside) == 1 and json.loads(beside[0].read_text())["settings"]["config"]["algo"]["gamma"] == 0.5
     shutil.rmtree(runs)
     bench.main(other)

@@ -149,14 +149,12 @@ def record_path(records: Path, name: str, settings: dict) -> Path:
     kept; then the one of ``name-<hash>.json`` that holds these, or a new one."""
     import hashlib
 
-    def holds(path: Path) -> bool | None:  # None: no readable record there
-        try:
-            return json.loads(path.read_text())["settings"] == settings
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
     plain = records / f"{name}.json"
-    if holds(plain) in (True, None):
+    try:
+        taken = json.loads(plain.read_text())["settings"] != settings
+    except (OSError, ValueError, KeyError, TypeError):
+        taken = False  # no record there, or a damaged one: this run's goes in its place
+    if not taken:
         return plain
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     return records / f"{name}-{digest}.json"

@@ -111,6 +111,10 @@ class RSSM(nn.Module):
         return Latent.stack(posteriors), Latent.stack(priors)
 
 
+#: The image size of Dreamer v1's own convolutional networks (and RePo's, which keeps them).
+DREAMER_IMAGE_SIZE = 64
+
+
 def conv_layers(image_size: int) -> int:
     """Stride-2 convolutions that take a square image of ``image_size`` down to 4x4."""
     layers = int(round(math.log2(image_size / 4)))
@@ -121,17 +125,26 @@ def conv_layers(image_size: int) -> int:
 
 class ConvEncoder(nn.Module):
     """Images (..., H, W, C) uint8 → embeddings: stride-2 4x4 convolutions doubling the
-    channels from ``depth`` (Dreamer's encoder, for any power-of-two size), then a linear
-    layer to ``embedding_dim``."""
+    channels from ``depth``, ReLU after each, then a linear layer to ``embedding_dim``
+    (none when the features are already that many).
+
+    At 64x64 this is Dreamer v1's encoder exactly, as RePo's code has it (zchuning/repo,
+    ``VisualEncoder``): four unpadded convolutions, 64 → 31 → 14 → 6 → 2, so depth 32 ends in
+    2x2x256 = 1024 features, the embedding itself. Other power-of-two sizes (which Dreamer
+    does not define) pad by one and stop at 4x4."""
 
     def __init__(self, image_shape: Sequence[int], embedding_dim: int, depth: int = 32):
         super().__init__()
         size, _, channels = image_shape
+        dreamer = size == DREAMER_IMAGE_SIZE
+        n = 4 if dreamer else conv_layers(size)
         layers: list[nn.Module] = []
-        for i in range(conv_layers(size)):
-            layers += [nn.Conv2d(channels if i == 0 else depth * 2 ** (i - 1), depth * 2**i, 4, 2, 1), nn.ReLU()]
+        for i in range(n):
+            layers += [nn.Conv2d(channels if i == 0 else depth * 2 ** (i - 1), depth * 2**i, 4, 2, 0 if dreamer else 1),
+                       nn.ReLU()]  # fmt: skip
         self.convs = nn.Sequential(*layers)
-        self.out = nn.Linear(depth * 2 ** (conv_layers(size) - 1) * 16, embedding_dim)
+        features = depth * 2 ** (n - 1) * (2 * 2 if dreamer else 4 * 4)
+        self.out = nn.Identity() if features == embedding_dim else nn.Linear(features, embedding_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         lead = images.shape[:-3]
@@ -140,26 +153,35 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Latent features → the mean of each pixel (in [-0.5, 0.5] units), mirroring :class:`ConvEncoder`."""
+    """Latent features → the mean of each pixel (in [-0.5, 0.5] units), mirroring :class:`ConvEncoder`.
 
-    def __init__(self, feature_dim: int, image_shape: Sequence[int], depth: int = 32):
+    At 64x64, Dreamer v1's decoder (RePo's ``VisualObservationModel``): a linear layer to
+    ``embedding_dim`` read as a 1x1 image, then transposed convolutions of kernels 5, 5, 6, 6
+    (1 → 5 → 13 → 30 → 64). Other sizes: a linear layer to 4x4 features, then padded 4x4
+    transposed convolutions."""
+
+    def __init__(self, feature_dim: int, image_shape: Sequence[int], depth: int = 32, embedding_dim: int = 1024):
         super().__init__()
         size, _, channels = image_shape
-        n = conv_layers(size)
-        self.top = depth * 2 ** (n - 1)
         self.image_shape = (size, size, channels)
-        self.inp = nn.Linear(feature_dim, self.top * 16)
+        dreamer = size == DREAMER_IMAGE_SIZE
+        n = 4 if dreamer else conv_layers(size)
+        self.top, self.side = (embedding_dim, 1) if dreamer else (depth * 2 ** (n - 1), 4)
+        self.inp = nn.Linear(feature_dim, self.top * self.side**2)
         layers: list[nn.Module] = []
         for i in reversed(range(n)):
             out = channels if i == 0 else depth * 2 ** (i - 1)
-            layers.append(nn.ConvTranspose2d(depth * 2**i, out, 4, 2, 1))
+            if dreamer:
+                layers.append(nn.ConvTranspose2d(self.top if i == n - 1 else depth * 2**i, out, 5 if i >= 2 else 6, 2))
+            else:
+                layers.append(nn.ConvTranspose2d(depth * 2**i, out, 4, 2, 1))
             if i:
                 layers.append(nn.ReLU())
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         lead = features.shape[:-1]
-        x = self.inp(features.reshape(-1, features.shape[-1])).reshape(-1, self.top, 4, 4)
+        x = self.inp(features.reshape(-1, features.shape[-1])).reshape(-1, self.top, self.side, self.side)
         return self.deconvs(x).permute(0, 2, 3, 1).reshape(*lead, *self.image_shape)
 
 

@@ -84,6 +84,29 @@ def test_image_encoders_need_power_of_two_squares():
         ConvEncoder((48, 48, 3), 16)
 
 
+def test_64x64_image_networks_are_dreamer_v1s():
+    """RePo's code keeps Dreamer v1's networks at 64x64: unpadded 4x4 convolutions to 2x2x256
+    (the 1024-wide embedding itself), and a decoder from a 1x1 image through kernels 5, 5, 6, 6."""
+    encoder = ConvEncoder((64, 64, 3), 1024)
+    images = torch.randint(0, 255, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    x = images.reshape(-1, 64, 64, 3).permute(0, 3, 1, 2).float()
+    sides = [x := layer(x) for layer in encoder.convs][::2]
+    assert [tuple(s.shape[1:]) for s in sides] == [(32, 31, 31), (64, 14, 14), (128, 6, 6), (256, 2, 2)]
+    assert isinstance(encoder.out, torch.nn.Identity) and encoder(images).shape == (2, 3, 1024)
+    assert sum(p.numel() for p in encoder.parameters()) == 690_144  # Dreamer v1's encoder
+    decoder = ConvDecoder(230, (64, 64, 3), embedding_dim=1024)
+    assert [m.kernel_size[0] for m in decoder.deconvs if isinstance(m, torch.nn.ConvTranspose2d)] == [5, 5, 6, 6]
+    assert decoder.deconvs[0].in_channels == 1024 and decoder(torch.zeros(2, 3, 230)).shape == (2, 3, 64, 64, 3)
+    # RePo's reward head: 3 hidden layers of hidden_dim (its RewardModel); the benchmarks pin Dreamer v1's 2
+    env = embodied.make(ENV, obs="pixels", image_size=16)
+    heads = [RePo(RePoConfig(**TINY, **extra), env.observation_space, env.action_space, "cpu").reward_head
+             for extra in ({}, {"reward_layers": 2})]  # fmt: skip
+    assert [sum(isinstance(m, torch.nn.Linear) for m in head.modules()) for head in heads] == [4, 3]
+    # another embedding width: a projection, as RePo's encoder adds one
+    assert isinstance(ConvEncoder((64, 64, 3), 256, depth=16).out, torch.nn.Linear)
+    assert ConvDecoder(116, (64, 64, 3), depth=16, embedding_dim=256)(torch.zeros(4, 116)).shape == (4, 64, 64, 3)
+
+
 def test_lambda_returns_match_the_recursion_by_hand():
     rewards, values = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.5, 3.0])
     gamma, lam = 0.9, 0.8
@@ -265,6 +288,7 @@ def test_bad_configs_are_refused_with_the_key(tmp_path):
                               ("seq_len", 1, "seq_len must be >= 2"),
                               ("actor_min_std", 0.0, "actor_min_std must be > 0"),
                               ("actor_layers", 0, "actor_layers must be >= 1"),
+                              ("reward_layers", 0, "reward_layers must be >= 1"),
                               ("model_pretrain", -1, "model_pretrain must be >= 0")):  # fmt: skip
         raw = raw_config(tmp_path)
         raw["algo"][key] = value

@@ -93,6 +93,7 @@ class RePoConfig:
     value_lr: float = 8e-5  # Adam
     actor_entropy: float = 3e-4  # entropy bonus of the actor
     actor_layers: int = 4  # hidden layers of the actor (RePo: 4; the value has 3)
+    reward_layers: int = 3  # hidden layers of the reward head (RePo's RewardModel: 3; Dreamer v1's TF code: 2)
     actor_init_std: float = 0.0  # added to the std's pre-activation (RePo: 0, std ≈ 0.79 at first)
     actor_min_std: float = 0.1  # floor of the action std (RePo: 0.1)
     action_noise: float = 0.0  # extra Gaussian exploration noise on collected actions (RePo: 0)
@@ -134,7 +135,8 @@ class RePoConfig:
             raise ValueError(f"algo.alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
         if self.actor_min_std <= 0:
             raise ValueError(f"algo.actor_min_std must be > 0, got {self.actor_min_std}")
-        for key in ("batch_size", "seq_len", "buffer_size", "train_every", "train_steps", "horizon", "actor_layers"):
+        for key in ("batch_size", "seq_len", "buffer_size", "train_every", "train_steps", "horizon", "actor_layers",
+                    "reward_layers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"algo.{key} must be >= 1, got {getattr(self, key)}")
         if self.calibration_steps < 0:
@@ -224,9 +226,9 @@ class RePo(Agent):
             self.encoder = MLP(self.obs_dim, (c.hidden_dim, c.hidden_dim), c.embedding_dim, "elu")
         self.rssm = RSSM(self.action_dim, c.embedding_dim, c.deter_dim, c.stoch_dim, c.hidden_dim, c.min_std)
         features = self.rssm.feature_dim
-        self.decoder = ConvDecoder(features, shape, c.cnn_depth) if self.pixels else MLP(
+        self.decoder = ConvDecoder(features, shape, c.cnn_depth, c.embedding_dim) if self.pixels else MLP(
             features, (c.hidden_dim, c.hidden_dim), self.obs_dim, "elu")  # fmt: skip
-        self.reward_head = MLP(features, (c.hidden_dim, c.hidden_dim), 1, "elu")
+        self.reward_head = MLP(features, (c.hidden_dim,) * c.reward_layers, 1, "elu")
         self.inverse = MLP(features + c.deter_dim, (c.inverse_hidden, c.inverse_hidden), 2 * self.action_dim, "elu")
         self.actor = MLP(features, (c.hidden_dim,) * c.actor_layers, 2 * self.action_dim, "elu")
         self.value = MLP(features, (c.hidden_dim,) * 3, 1, "elu")

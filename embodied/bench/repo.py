@@ -67,10 +67,11 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 CONFIGS = {"nav/open-v0": "nav-open-distracted.yaml", "mujoco/Reacher-v5": "mujoco-reacher-distracted.yaml"}
 #: Sizes that train here in minutes (RePo's are Dreamer v1's: 64x64 images, embedding 1024,
 #: h 200, z 30, batch 50 x 50); the update-to-data ratio stays RePo's 100 per 500 env steps.
+#: The reward head keeps the 2 hidden layers the recorded runs had (RePo's code has 3).
 CPU_SIZES = {
     "embedding_dim": 256, "deter_dim": 100, "stoch_dim": 16, "hidden_dim": 100, "cnn_depth": 16,
     "batch_size": 16, "seq_len": 32, "prefill": 1000, "train_every": 100, "train_steps": 20,
-    "inverse_hidden": 128, "disc_hidden": 128,
+    "inverse_hidden": 128, "disc_hidden": 128, "reward_layers": 2,
 }  # fmt: skip
 IMAGE_SIZE = 32
 #: An alignment's returns, in the table's order.
@@ -300,14 +301,16 @@ def reference_returns(env_id: str, episodes: int) -> dict[str, dict[str, float]]
     return references
 
 
-def speed_agent(env_id: str, objective: str, device: str = "cpu", compiled: bool = False, obs: str = "pixels"):
-    """A RePo or Dreamer agent at the benchmark's size (``obs``: pixels or state) with a filled
-    replay, and a function that runs one world-model + behaviour update on a fresh batch."""
+def speed_agent(env_id: str, objective: str, device: str = "cpu", compiled: bool = False, obs: str = "pixels",
+                sizes: dict | None = None, image_size: int = IMAGE_SIZE):  # fmt: skip
+    """A RePo or Dreamer agent at the benchmark's size (``obs``: pixels or state; ``sizes``:
+    config fields, :data:`CPU_SIZES` unless given) with a filled replay, and a function that
+    runs one world-model + behaviour update on a fresh batch."""
     import embodied
     from embodied.algos.repo import Dreamer, RePo, RePoConfig
 
-    env = embodied.make(env_id, obs=obs, **({"image_size": IMAGE_SIZE} if obs == "pixels" else {}))
-    config = RePoConfig(objective=objective, **{**CPU_SIZES, "prefill": 10**9})
+    env = embodied.make(env_id, obs=obs, **({"image_size": image_size} if obs == "pixels" else {}))
+    config = RePoConfig(objective=objective, **{**(CPU_SIZES if sizes is None else sizes), "prefill": 10**9})
     agent = (RePo if objective == "repo" else Dreamer)(config, env.observation_space, env.action_space, device)
     agent.seed(0)
     agent.attach(env)

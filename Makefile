@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export MUJOCO_GL ?= egl
 
-.PHONY: setup setup-robomimic demo test throughput
+.PHONY: setup setup-robomimic setup-sheeprl demo test throughput
 
 $(BIN)/embodied: pyproject.toml
 	@# Offscreen MuJoCo rendering needs EGL (Mesa's software renderer on CPU machines).
@@ -26,6 +26,16 @@ $(VENV)/.robomimic: $(BIN)/embodied
 	touch $@
 
 setup-robomimic: $(VENV)/.robomimic
+
+# SheepRL's DreamerV1, only for results/repo_speed.md: its own venv (it brings Lightning and
+# Hydra), the same CPU torch first.
+.venv-sheeprl/bin/python:
+	$(PYTHON) -m venv .venv-sheeprl
+	.venv-sheeprl/bin/pip install -q --upgrade pip
+	.venv-sheeprl/bin/python -c "import torch" 2>/dev/null || .venv-sheeprl/bin/pip install -q torch==2.13.0
+	.venv-sheeprl/bin/pip install -q sheeprl==0.8.4
+
+setup-sheeprl: .venv-sheeprl/bin/python
 
 demo: setup
 	$(BIN)/embodied rollout metaworld/push-v3 --policy scripted --episodes 3 --seed 0 --video runs/demo/push-v3.mp4

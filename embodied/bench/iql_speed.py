@@ -43,14 +43,19 @@ def ours(dataset, agent, updates: int, generator, batch_size: int = 256) -> floa
     return calls_per_second(step, updates, agent.device.type)
 
 
-def script_rate(python: Path, script: str, *args: str) -> float:
-    """Updates/s printed (a JSON line) by one of the benchmark scripts beside this file, run as
+def script_result(python: Path, script: str, *args: str) -> dict:
+    """The JSON line printed last by one of the benchmark scripts beside this file, run as
     ``python script args...`` in a fresh process (another library's virtual environment)."""
     out = subprocess.run([str(python), str(Path(__file__).with_name(script)), *map(str, args)],
                          capture_output=True, text=True)  # fmt: skip
     if out.returncode:
         raise RuntimeError(f"{script} failed ({out.returncode}):\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["updates_per_second"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def script_rate(python: Path, script: str, *args: str) -> float:
+    """Updates/s printed by one of the benchmark scripts beside this file (:func:`script_result`)."""
+    return script_result(python, script, *args)["updates_per_second"]
 
 
 def d3rlpy(path: Path, python: Path, updates: int, device: str, threads: int = 0) -> float:

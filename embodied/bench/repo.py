@@ -212,8 +212,13 @@ def run_trial(trial: dict) -> dict:
 def probe_trial(trial: dict) -> dict:
     """Train a world model on random-policy data and measure what its latent holds (a result
     saved under ``trial['cache']`` for the same settings is read instead)."""
-    settings = {k: v for k, v in trial.items() if k != "cache"}
+    settings = {**{k: v for k, v in trial.items() if k != "cache"}, "sizes": probe_sizes()}  # other sizes: rerun
     return cached(trial["cache"], settings, lambda: _probe(trial)) if trial.get("cache") else _probe(trial)
+
+
+def probe_sizes() -> dict:
+    """The probe's world-model sizes: the benchmark's, without its online schedule."""
+    return {k: v for k, v in CPU_SIZES.items() if k not in ("prefill", "train_every", "train_steps")}
 
 
 def _probe(trial: dict) -> dict:
@@ -228,8 +233,7 @@ def _probe(trial: dict) -> dict:
 
     env = embodied.make("nav/open-v0", terminate_on_success=False, state_noise=trial["noise_dims"])
     env.reset(seed=trial["seed"])  # seeds the scenes and the noise; the agent's resets continue both streams
-    sizes = {k: v for k, v in CPU_SIZES.items() if k not in ("prefill", "train_every", "train_steps")}
-    config = RePoConfig(objective=trial["objective"], **sizes, prefill=10**9)  # random actions only, no updates
+    config = RePoConfig(objective=trial["objective"], **probe_sizes(), prefill=10**9)  # random actions only, no updates
     agent = (RePo if trial["objective"] == "repo" else Dreamer)(config, env.observation_space, env.action_space, "cpu")
     agent.seed(trial["seed"])
     agent.attach(env)

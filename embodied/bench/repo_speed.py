@@ -1,6 +1,6 @@
 """RePo / Dreamer updates/s against SheepRL's DreamerV1, same run, same machine.
 
-    python -m embodied.bench.repo_speed --batches 16x32 50x50 --updates 5 --rounds 3 --out results/repo_speed.md
+    python -m embodied.bench.repo_speed --batches 16x32 50x50 --updates 5 --rounds 5 --threads 2 --out results/repo_speed.md
 
 One update is what each library's training loop runs per gradient step: draw a batch of
 sequences from its own replay, one world-model step, then one actor and one value step from

@@ -3,6 +3,7 @@ online loop (checkpoints with the replay, exact resume, eval), and test-time ali
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -535,6 +536,28 @@ def test_bench_set_can_be_limited_to_one_envs_runs(tmp_path):
     with pytest.raises(SystemExit, match="--set mujoco/Reacher-v5:algo.horizon=5: mujoco/Reacher-v5 is not one of"):
         bench.main(["--envs", "nav/open-v0", "--set", "mujoco/Reacher-v5:algo.horizon=5", "--run-dir",
                     str(tmp_path / "runs"), "--out", str(tmp_path / "repo.md")])  # fmt: skip
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "repo.md").exists()
+
+
+def test_bench_distractors_take_parameters_and_bad_ones_are_refused_up_front(tmp_path):
+    from argparse import Namespace
+
+    from embodied.bench import repo as bench
+
+    args = Namespace(obs="pixels", noise_dims=8, steps=100, evals=1, eval_episodes=1, run_dir=tmp_path, set=None)
+    strong = "{video: {waves: 16, max_frequency: 6}, noisy_tv: {size: 0.5}}"
+    config = bench.trial_config("nav/open-v0", strong, "repo", 0, args)
+    assert config["env"]["options"]["distractors"] == {"video": {"waves": 16, "max_frequency": 6},
+                                                       "noisy_tv": {"size": 0.5}}  # fmt: skip
+    assert config["train"]["name"] == "repo-nav-open-v0-video-waves16-max_frequency6+noisy_tv-size0.5-seed0"
+    plain = bench.trial_config("nav/open-v0", "video,noisy_tv", "repo", 0, args)
+    assert plain["env"]["options"]["distractors"] == "video,noisy_tv"  # the recorded runs' names and options stay
+    assert plain["train"]["name"] == "repo-nav-open-v0-video+noisy_tv-seed0"
+    base = ["--envs", "nav/open-v0", "--run-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "repo.md")]
+    for spec, words in (("{noisy_tv: {size: 2}}", "size must be a number"), ("{noisy_tv: {size: 0.5}",
+                        "--distractors {noisy_tv: {size: 0.5}:"), ("video,lasers", "unknown distractor kind 'lasers'")):  # fmt: skip
+        with pytest.raises(SystemExit, match=re.escape(words)):
+            bench.main([*base, "--distractors", "none", spec])
     assert not (tmp_path / "runs").exists() and not (tmp_path / "repo.md").exists()
 
 

@@ -25,6 +25,11 @@ Three parts, each written to ``--out`` (Markdown), a CSV and a plot:
 World-model speed (updates/s at the benchmark's size, one torch thread) is timed in this
 process after the runs, for both objectives.
 
+``--distractors`` entries are kinds (``video,noisy_tv``) or, with parameters, a YAML flow
+mapping of :mod:`embodied.envs.distractors`' kinds to their parameters, e.g. stronger ones:
+``"{video: {waves: 16, max_frequency: 6}, noisy_tv: {size: 0.5}}"`` (runs named
+``...-video-waves16-max_frequency6+noisy_tv-size0.5-seed0``); a bad one is refused before any run.
+
 ``--obs state`` runs the same agents on the env's state vector instead of pixels, at the
 same budget, without alignment (new colours do not change a state). Its distractors are
 ``none`` or ``noise``: ``--noise-dims`` fresh N(0, 1) numbers appended to the state each step
@@ -51,6 +56,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -102,15 +108,33 @@ def trial_config(env_id: str, distractors: str, objective: str, seed: int, args)
     if distractors == "noise":
         options["state_noise"] = args.noise_dims
     elif distractors != "none":
-        options["distractors"] = distractors
+        options["distractors"] = distractor_spec(distractors)
     raw["env"]["options"] = options
-    tag = distractors.replace(",", "+") + ("-state" if args.obs == "state" else "")  # pixel runs keep their names
+    tag = distractor_tag(distractors) + ("-state" if args.obs == "state" else "")  # pixel runs keep their names
     raw["train"] = {
         "steps": args.steps, "seed": seed, "eval_every": args.steps // args.evals, "eval_episodes": args.eval_episodes,
         "log_every": max(1, args.steps // 20), "checkpoint_every": args.steps, "run_dir": str(args.run_dir),
         "name": f"{objective}-{env_id.replace('/', '-')}-{tag}-seed{seed}", "progress": False, "device": "cpu",
     }  # fmt: skip
     return apply_overrides(raw, env_overrides(env_id, args.set))
+
+
+def distractor_spec(text: str):
+    """A ``--distractors`` entry as the env option: kinds (``video,noisy_tv``) or, in YAML's flow
+    form, kinds with parameters (``{video: {}, noisy_tv: {size: 0.5}}``)."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def distractor_tag(text: str) -> str:
+    """A ``--distractors`` entry as part of a run's name: ``video+noisy_tv``, and with parameters
+    ``video+noisy_tv-size0.5``."""
+    spec = distractor_spec(text)
+    if isinstance(spec, dict):
+        return "+".join(str(kind) + "".join(f"-{key}{value}" for key, value in (params or {}).items())
+                        for kind, params in spec.items())  # fmt: skip
+    return str(spec).replace(",", "+").replace(" ", "")
 
 
 def override_scope(override: str) -> str:
@@ -371,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep each finished control run's outcome as a JSON record in DIR, and read a record "
                              "with the same settings instead of training (default: no records)")
     args = parser.parse_args(argv)
-    command = "python -m embodied.bench.repo " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m embodied.bench.repo " + shlex.join(argv if argv is not None else sys.argv[1:])
     for override in args.set or []:
         scope = override_scope(override)
         if scope and scope not in args.envs:
@@ -384,6 +408,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.obs == "pixels" and "noise" in args.distractors:
         raise SystemExit("--distractors noise appends noise to a state (--obs state); in frames, noisy_tv draws it")
     import yaml
+
+    from embodied.envs.distractors import parse_spec
+
+    for distractors in sorted(set(args.distractors) - {"none", "noise"}):
+        try:
+            parse_spec(distractor_spec(distractors))
+        except (ValueError, yaml.YAMLError) as error:  # EnvOptionError is a ValueError
+            raise SystemExit(f"--distractors {distractors}: {error}") from None
 
     align_to = dict((k.strip(), yaml.safe_load(v)) for k, v in (item.split("=", 1) for item in args.align_to.split(";")))
     if any("=" not in item for item in args.calibrated_set or []):

@@ -77,6 +77,14 @@ class Agent(nn.Module):
         action = np.clip(action, self.action_space.low, self.action_space.high)
         return action[0] if single else action
 
+    # --- checkpoints written by older versions --------------------------------------------
+    @classmethod
+    def upgrade_config(cls, algo: dict, weights: dict[str, torch.Tensor]) -> dict:
+        """A checkpoint's ``algo`` config with the fields added to this agent's config since it
+        was written set to what its saved ``weights`` (the module state) are, so a later version
+        rebuilds the networks the checkpoint holds; by default unchanged."""
+        return algo
+
     # --- optimizers in the state dict ------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer | Any]:
         """Optimizers and schedulers to checkpoint with the weights (by name)."""

@@ -251,6 +251,15 @@ class RePo(Agent):
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_count = 0
 
+    @classmethod
+    def upgrade_config(cls, algo: dict, weights: dict[str, torch.Tensor]) -> dict:
+        """Checkpoints written before ``reward_layers`` existed have Dreamer v1's 2-layer reward
+        head (the default is now RePo's 3): the depth is read off their weights."""
+        if "reward_layers" not in algo:
+            linear = [key for key in weights if key.startswith("reward_head.") and key.endswith(".weight")]
+            algo["reward_layers"] = max(1, len(linear) - 1)
+        return algo
+
     # --- the world model -----------------------------------------------------------------
     def world_model_parameters(self) -> list[nn.Parameter]:
         """Encoder, RSSM, reward head, and the decoder and inverse-dynamics probes (which read

@@ -61,6 +61,34 @@ def latest(run_dir: str | os.PathLike) -> Path:
     return checkpoints[-1]
 
 
+def upgraded_config(raw: dict, payload: dict) -> dict:
+    """``raw`` (a run's config as saved with ``payload``, a checkpoint read by :func:`read`) with the
+    fields its agent's config gained since the checkpoint was written filled in from its weights
+    (``Agent.upgrade_config``), so the networks are rebuilt as they were saved."""
+    from embodied.algos import agent_class
+
+    cls = agent_class(payload["algo"])
+    state = payload["agent"]
+    weights = state["modules"] if isinstance(state, dict) and "modules" in state else state
+    algo = raw.get("algo")
+    if not isinstance(algo, dict):
+        return raw
+    return {**raw, "algo": cls.upgrade_config(dict(algo), weights)}
+
+
+def load_weights(agent, payload: dict) -> None:
+    """Load a checkpoint's weights and optimizer states into ``agent``; a checkpoint whose networks
+    are not the ones this version builds from its config is a clear error."""
+    try:
+        agent.load_state_dict(payload["agent"])
+    except RuntimeError as error:  # missing / unexpected keys, shape mismatches
+        raise ValueError(
+            f"{payload.get('path', 'the checkpoint')} holds {payload['algo']} networks other than the ones this "
+            f"version of embodied builds from its config (written by an older version whose networks changed?): "
+            f"{str(error).strip()}"
+        ) from None
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """The agent saved at ``path`` (a checkpoint file or a run directory), ready to act."""
     from minari.serialization import deserialize_space
@@ -69,14 +97,14 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
     from embodied.run.config import parse
 
     payload = read(path)
-    config = parse(payload["config"])
+    config = parse(upgraded_config(payload["config"], payload))
     agent = agent_class(payload["algo"])(
         config.algo,
         deserialize_space(payload["observation_space"]),
         deserialize_space(payload["action_space"]),
         device,
     )
-    agent.load_state_dict(payload["agent"])
+    load_weights(agent, payload)
     agent.to(device)
     agent.checkpoint_step = payload["step"]
     agent.run_config = config

@@ -141,7 +141,8 @@ def open_run(config: RunConfig | None, resume: str | Path | None) -> tuple[RunCo
         saved = run_dir / "config.yaml"
         if not saved.exists():
             raise FileNotFoundError(f"cannot resume: {saved} does not exist")
-        return parse(yaml.safe_load(saved.read_text())), run_dir, checkpoint.read(checkpoint.latest(run_dir))
+        payload = checkpoint.read(checkpoint.latest(run_dir))
+        return parse(checkpoint.upgraded_config(yaml.safe_load(saved.read_text()), payload)), run_dir, payload
     if config is None:
         raise ValueError("give a config or a run directory to resume")
     run_dir = Path(config.train.run_dir) / run_name(config)
@@ -184,7 +185,7 @@ def train(config: RunConfig | None = None, resume: str | Path | None = None) -> 
 
     start = 0
     if payload is not None:
-        agent.load_state_dict(payload["agent"])
+        checkpoint.load_weights(agent, payload)
         checkpoint.restore_rng(payload["rng"], generator)
         start = payload["step"]
 

@@ -210,7 +210,7 @@ def run(config: RunConfig, run_dir: Path, payload: dict | None) -> Path:
         if payload is None:
             agent.seed(train_config.seed)
         else:
-            agent.load_state_dict(payload["agent"])
+            checkpoint.load_weights(agent, payload)
             if payload.get("replay_buffer"):
                 agent.load_replay_buffer_arrays(load_replay_buffer(run_dir / "checkpoints" / payload["replay_buffer"]))
             checkpoint.restore_rng(payload["rng"], generator)

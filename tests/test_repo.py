@@ -1,6 +1,7 @@
 """RePo and its Dreamer baseline: the world model's objectives, acting with memory, the
 online loop (checkpoints with the replay, exact resume, eval), and test-time alignment."""
 
+import csv
 import json
 import math
 import re
@@ -323,6 +324,59 @@ def test_cli_train_eval_and_exact_resume_after_a_kill(tmp_path, capsys, monkeypa
     resumed = checkpoint.read(run_dir / "checkpoints" / "step_100.pt")["agent"]["modules"]
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
+
+
+def test_checkpoints_from_before_reward_layers_still_load_and_resume(tmp_path):
+    # runs saved before algo.reward_layers existed had a 2-layer reward head (the default is now 3):
+    # their config says nothing, the depth is read off the weights
+    run_dir = train(parse({**raw_config(tmp_path, steps=100), "algo": {"name": "repo", **TINY, "reward_layers": 2}}))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["algo"]["reward_layers"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    for path in (run_dir / "checkpoints").glob("step_*.pt"):
+        payload = torch.load(path, weights_only=False)
+        del payload["config"]["algo"]["reward_layers"]
+        torch.save(payload, path)
+    agent = checkpoint.load(run_dir)
+    assert agent.config.reward_layers == 2 and len(agent.reward_head) == 5  # 2 x (Linear, ELU), Linear
+    longer = yaml.safe_load((run_dir / "config.yaml").read_text())
+    longer["train"]["steps"] = 150
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(longer, sort_keys=False))
+    train(resume=run_dir)
+    assert checkpoint.load(run_dir).checkpoint_step == 150
+    # networks that are not what the config builds: a clear error, the checkpoint untouched
+    payload = torch.load(checkpoint.latest(run_dir), weights_only=False)
+    payload["config"]["algo"]["hidden_dim"] = 32
+    torch.save(payload, tmp_path / "changed.pt")
+    with pytest.raises(ValueError, match="holds repo networks other than the ones this version of embodied builds"):
+        checkpoint.load(tmp_path / "changed.pt")
+
+
+def test_imagination_bench_scores_open_loop_reward_of_each_run(tmp_path, capsys):
+    from embodied.bench import repo_imagination as bench
+
+    runs = [train(parse({**raw_config(tmp_path / "runs", steps=60, checkpoint_every=60), "algo": {"name": algo, **TINY}}))
+            for algo in ("repo", "dreamer")]  # fmt: skip
+    out = tmp_path / "imagination.md"
+    base = ["--episodes", "2", "--context", "2", "--horizon", "3", "--windows", "40", "--threads", "1", "--out", str(out)]
+    for argv, message in (([str(tmp_path)], "no checkpoint in"), ([*map(str, runs), "--horizon", "0"], "--horizon must be")):
+        with pytest.raises(SystemExit, match=message):
+            bench.main([*base, *argv])
+    assert not out.exists()
+    bench.main([*map(str, runs), *base])
+    text = out.read_text()
+    assert "| k=0 | k=1 | k=3 | return |" in text and "k=5" not in text  # the columns the horizon reaches
+    for objective in ("repo", "dreamer"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {ENV} | none | {objective} | 0 |"))
+        values = [float(cell.split(" ± ")[0]) for cell in row.strip("|").split("|")[4:]]
+        assert len(values) == 4 and all(math.isfinite(v) and v <= 1 for v in values)
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert len(rows) == 2 * (3 + 1 + 1) and {row["k"] for row in rows} == {"0", "1", "2", "3", "return"}
+    assert all(0 < int(row["windows"]) <= 40 for row in rows)
+    assert out.with_suffix(".png").stat().st_size > 0
+    # a window that cannot fit in one episode is a clear error
+    with pytest.raises(ValueError, match="no window of 40 steps lies inside one episode"):
+        bench.main([*map(str, runs[:1]), *base, "--context", "20", "--horizon", "20"])
 
 
 # --- test-time alignment ---------------------------------------------------------------------

@@ -69,6 +69,7 @@ def open_loop_r2(agent, replay, context: int, horizon: int, windows: int,
     from embodied.nets.rssm import Latent
 
     rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)  # the latents are sampled, as the actor's rollouts sample them
     agent.eval()
     batch = replay.sample(windows, context + horizon, rng, agent.device)
     inside = batch["has_reward"][1:].all(0)  # no episode starts after the window's first step
@@ -90,6 +91,13 @@ def open_loop_r2(agent, replay, context: int, horizon: int, windows: int,
     return r2, float(1 - ((imagined - received) ** 2).mean() / received.var().clamp(min=1e-12)), int(inside.sum())
 
 
+def flow_yaml(value) -> str:
+    """A distractor spec with parameters as ``--distractors`` takes it: ``{noisy_tv: {size: 0.5}}``."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip()
+
+
 def evaluate_run(run_dir: Path, args) -> dict:
     import embodied
     from embodied.run import checkpoint
@@ -106,7 +114,7 @@ def evaluate_run(run_dir: Path, args) -> dict:
     options = dict(config.env.options)
     distractors = options.get("distractors", "none")
     return {"run": str(run_dir), "env": config.env.id, "objective": config.algo.objective,
-            "distractors": distractors if isinstance(distractors, str) else str(distractors),
+            "distractors": distractors if isinstance(distractors, str) else flow_yaml(distractors),
             "seed": config.train.seed, "step": agent.checkpoint_step, "windows": windows, "r2": r2,
             "return_r2": return_r2}  # fmt: skip
 

@@ -26,6 +26,7 @@ import csv
 import os
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -92,10 +93,14 @@ def open_loop_r2(agent, replay, context: int, horizon: int, windows: int,
 
 
 def flow_yaml(value) -> str:
-    """A distractor spec with parameters as ``--distractors`` takes it: ``{noisy_tv: {size: 0.5}}``."""
+    """A distractor spec with parameters as ``--distractors`` takes it: ``{noisy_tv: {size: 0.5}}``,
+    its kinds in the order they are drawn (a run's saved config sorts them)."""
     import yaml
 
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip()
+    from embodied.envs.distractors import KINDS
+
+    ordered = {kind: value[kind] for kind in KINDS if kind in value} | value
+    return yaml.safe_dump(ordered, default_flow_style=True, sort_keys=False).strip()
 
 
 def evaluate_run(run_dir: Path, args) -> dict:
@@ -206,7 +211,7 @@ def write(results: list[dict], args, command: str) -> None:
                 k = np.arange(curves.shape[1])
                 axis.plot(k, curves.mean(0), marker="o", markersize=3, label=objective)
                 axis.fill_between(k, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.2)
-        axis.set_title(f"{env}\n{distractors}", fontsize=9)
+        axis.set_title(f"{env}\n" + textwrap.fill(distractors, 40), fontsize=9)
         axis.set_xlabel("imagined steps k")
         axis.axhline(0, color="grey", linewidth=0.5)
     axes[0][0].set_ylabel("reward R²")

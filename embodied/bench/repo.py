@@ -70,7 +70,11 @@ from embodied.bench import cached, calls_per_second, mean_std, plot_mean_std, ru
 from embodied.bench.offline_rl import read_evals, train_once  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-CONFIGS = {"nav/open-v0": "nav-open-distracted.yaml", "mujoco/Reacher-v5": "mujoco-reacher-distracted.yaml"}
+CONFIGS = {
+    "nav/open-v0": "nav-open-distracted.yaml",
+    "mujoco/Reacher-v5": "mujoco-reacher-distracted.yaml",
+    "mujoco/Walker2d-v5": "mujoco-walker-distracted.yaml",
+}
 #: Sizes that train here in minutes (RePo's are Dreamer v1's: 64x64 images, embedding 1024,
 #: h 200, z 30, batch 50 x 50); the update-to-data ratio stays RePo's 100 per 500 env steps.
 #: The reward head keeps the 2 hidden layers the recorded runs had (RePo's code has 3).
@@ -365,7 +369,7 @@ def update_speed(env_id: str, objective: str, updates: int = 20, obs: str = "pix
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--envs", nargs="+", default=["nav/open-v0", "mujoco/Reacher-v5"], choices=list(CONFIGS))
     parser.add_argument("--distractors", nargs="+", default=["none", "video,noisy_tv"])
     parser.add_argument("--objectives", nargs="+", default=["repo", "dreamer"], choices=["repo", "dreamer"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

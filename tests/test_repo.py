@@ -667,3 +667,27 @@ def test_bench_continues_a_shorter_finished_run_instead_of_starting_again(tmp_pa
     assert not (run_dir / "checkpoints" / "step_50.pt").exists() and [r["step"] for r in evals] == [50, 100, 150]
     run_dir, evals = train_once(config(200))
     assert not (run_dir / "checkpoints" / "step_150.pt").exists() and read_evals(run_dir / "eval.csv") == evals
+
+
+def test_bench_walker_runs_never_end_early_and_the_reward_says_it_fell(tmp_path):
+    """RePo and Dreamer model no termination, so the Walker2d config keeps DMC's fixed-length
+    episodes: a walker that falls plays on, and only the healthy bonus in its reward is gone."""
+    from argparse import Namespace
+
+    from embodied.bench import repo as bench
+
+    args = Namespace(obs="state", noise_dims=8, steps=100, evals=1, eval_episodes=1, run_dir=tmp_path, set=[])
+    options = bench.trial_config("mujoco/Walker2d-v5", "none", "repo", 0, args)["env"]["options"]
+    assert options["terminate_when_unhealthy"] is False and "distractors" not in options
+    env = embodied.make("mujoco/Walker2d-v5", **options)
+    env.reset(seed=0)
+    rewards, ended = [], False
+    while not ended:
+        _, reward, terminated, truncated, _ = env.step(np.full(env.action_space.shape, 1.0, np.float32))
+        assert not terminated
+        rewards.append(reward)
+        ended = truncated
+    env.close()
+    assert len(rewards) == 500  # 1000 env steps at action repeat 2
+    # upright at first (the bonus is 1 per env step, 2 per repeated step), fallen by the end
+    assert rewards[0] > 1.5 and max(abs(r) for r in rewards[-50:]) < 1.0

@@ -210,6 +210,71 @@ def test_bad_options_raise_clear_errors(options, message):
         embodied.make("metaworld/push-v3", **options)
 
 
+@pytest.mark.parametrize(
+    "env_id, model_of",
+    [("mujoco/Walker2d-v5", lambda env: env.unwrapped.model), ("metaworld/reach-v3", lambda env: env.unwrapped.sim.model)],
+)
+def test_fast_rendering_changes_the_look_not_the_physics(env_id, model_of):
+    envs = {q: embodied.make(env_id, obs="state+pixels", image_size=32, render_quality=q) for q in ("full", "fast")}
+    full, fast = model_of(envs["full"]), model_of(envs["fast"])
+    assert full.vis.quality.offsamples > 0 and full.light_castshadow.any()  # the default is the scene as authored
+    assert fast.vis.quality.offsamples == 0 and not fast.light_castshadow.any() and not fast.mat_reflectance.any()
+    rng = np.random.default_rng(0)
+    obs = {q: env.reset(seed=3)[0] for q, env in envs.items()}
+    frames = {q: [o["pixels"]] for q, o in obs.items()}
+    for _ in range(20):
+        action = rng.uniform(-1, 1, envs["full"].action_space.shape).astype(np.float32)
+        steps = {q: env.step(action) for q, env in envs.items()}
+        assert np.array_equal(steps["full"][0]["state"], steps["fast"][0]["state"])  # physics untouched
+        assert steps["full"][1] == steps["fast"][1]
+        for q in envs:
+            frames[q].append(steps[q][0]["pixels"])
+    full_frames, fast_frames = np.stack(frames["full"]).astype(float), np.stack(frames["fast"]).astype(float)
+    assert not np.array_equal(full_frames, fast_frames)  # shadows, reflections and smoothed edges are gone...
+    colours = full_frames.mean(axis=(0, 1, 2)), fast_frames.mean(axis=(0, 1, 2))
+    assert np.abs(colours[0] - colours[1]).max() < 16, colours  # ...the scene's colours are the same
+    # the frames still move with the body (not a frozen or blank render)
+    assert np.abs(np.diff(fast_frames, axis=0)).mean() > 0.1 and fast_frames.std() > 10
+    for env in envs.values():
+        env.close()
+
+
+def test_several_mujoco_envs_in_one_process_each_draw_their_own_scene():
+    # Gymnasium's renderer makes its GL context current only when it makes it: without our fix
+    # the first env drew with the second's meshes, and with none (black) once that was closed.
+    def make(env_id, **options):
+        return embodied.make(env_id, obs="pixels", image_size=24, **options)
+
+    walker = make("mujoco/Walker2d-v5")
+    alone = walker.reset(seed=0)[0]
+    others = [make("mujoco/HalfCheetah-v5"), make("metaworld/reach-v3"), make("mujoco/Walker2d-v5", render_quality="fast")]
+    for other in others:
+        other.reset(seed=0)
+        assert np.array_equal(walker.render(), alone)
+    for other in others:  # closing another env frees its own GPU objects, not the walker's
+        other.close()
+        assert np.array_equal(walker.render(), alone)
+    walker.close()
+    mt10 = make("metaworld/mt10")
+    frames = [mt10.reset(seed=k)[0] for k in range(10)]
+    for k, task in enumerate(mt10.unwrapped.tasks):  # each task's frame is the scene it has alone
+        single = make(f"metaworld/{task}")
+        task_seed = int(gym.utils.seeding.np_random(k)[0].integers(2**31))  # what mt10.reset(seed=k) hands the task
+        assert np.array_equal(single.reset(seed=task_seed)[0], frames[k]), task
+        single.close()
+    mt10.close()
+
+
+def test_render_quality_is_checked_and_only_where_mujoco_renders():
+    for env_id in ("mujoco/Reacher-v5", "metaworld/push-v3", "metaworld/mt10"):
+        with pytest.raises(EnvOptionError, match="render_quality .*must be one of full, fast; got 'ultra'"):
+            embodied.make(env_id, obs="pixels", render_quality="ultra")
+    mt10 = embodied.make("metaworld/mt10", render_quality="fast")
+    assert all(env.sim.model.vis.quality.offsamples == 0 for env in mt10.unwrapped.envs)
+    with pytest.raises(EnvOptionError, match="unknown option 'render_quality' for nav"):
+        embodied.make("nav/open-v0", render_quality="fast")  # nav draws its own frames
+
+
 def test_unknown_env_id_names_closest():
     with pytest.raises(UnknownEnvError, match="metaworld/push-v3"):
         embodied.make("metaworld/psh-v3")

@@ -62,7 +62,9 @@ HAND, OBJECT, GOAL = slice(0, 3), slice(4, 7), slice(36, 39)
 MAX_EPISODE_STEPS = 500  # Meta-World's own limit: its env raises if stepped past it
 CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
 DEFAULT_CAMERA = "corner2"
-SUITE_OPTIONS: dict[str, Any] = {"goal_observable": True}
+#: Options of this suite beyond the common ones (render_quality: see
+#: :mod:`embodied.envs.mjrender`; "fast" renders ~10x faster without a GPU).
+SUITE_OPTIONS: dict[str, Any] = {"goal_observable": True, "render_quality": "full"}
 
 # Meta-World's corner cameras render upside down (the MuJoCo frame is flipped).
 _FLIPPED_CAMERAS = {"corner", "corner2", "corner3", "corner4", "topview"}
@@ -96,8 +98,11 @@ class MetaWorldEnv(gym.Env):
         image_size: int | tuple[int, int] = 64,
         camera: str | None = None,
         max_episode_steps: int = MAX_EPISODE_STEPS,
+        render_quality: str = "full",
     ):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ML1_ARGS_KWARGS
+
+        from embodied.envs.mjrender import own_gl_context, set_render_quality
 
         if task not in ALL_V3_ENVIRONMENTS:
             near = closest(task, ALL_V3_ENVIRONMENTS)
@@ -114,6 +119,8 @@ class MetaWorldEnv(gym.Env):
         self.max_episode_steps = int(max_episode_steps)
         self._flip = camera in _FLIPPED_CAMERAS
         sim = ALL_V3_ENVIRONMENTS[task](render_mode=render_mode, camera_name=camera, width=width, height=height)
+        set_render_quality(sim.model, render_quality, "metaworld")
+        own_gl_context(sim.mujoco_renderer)  # MT10 holds ten of these in one process
         # Free (not benchmark-frozen) task sampling, drawn from the env's own generator.
         sim._freeze_rand_vec = False
         sim.seeded_rand_vec = True
@@ -233,7 +240,7 @@ class MultiTaskEnv(gym.Env):
 
 def make_env(task: str, **options: Any) -> gym.Env:
     """Build ``metaworld/<task>`` (or a benchmark of :data:`BENCHMARKS`, e.g. ``metaworld/mt10``);
-    options as in :func:`embodied.make`, plus ``goal_observable``."""
+    options as in :func:`embodied.make`, plus ``goal_observable`` and ``render_quality``."""
     common, specific = split_options("metaworld", options, {**SUITE_OPTIONS, "max_episode_steps": MAX_EPISODE_STEPS})
     task_options = dict(
         goal_observable=specific["goal_observable"],
@@ -241,6 +248,7 @@ def make_env(task: str, **options: Any) -> gym.Env:
         image_size=common["image_size"],
         camera=common["camera"],
         max_episode_steps=specific["max_episode_steps"],
+        render_quality=specific["render_quality"],
     )
     env = MultiTaskEnv(BENCHMARKS[task], **task_options) if task in BENCHMARKS else MetaWorldEnv(task, **task_options)
     return apply_options(env, common)

@@ -691,3 +691,28 @@ def test_bench_walker_runs_never_end_early_and_the_reward_says_it_fell(tmp_path)
     assert len(rewards) == 500  # 1000 env steps at action repeat 2
     # upright at first (the bonus is 1 per env step, 2 per repeated step), fallen by the end
     assert rewards[0] > 1.5 and max(abs(r) for r in rewards[-50:]) < 1.0
+
+
+def test_bench_metaworld_runs_see_the_drawer_through_fast_rendering(tmp_path):
+    """The Meta-World config: drawer-close from 32x32 pixels, 250 agent steps an episode at action
+    repeat 2, drawn without shadows and anti-aliasing, the distractors on top."""
+    from argparse import Namespace
+
+    from embodied.bench import repo as bench
+
+    args = Namespace(obs="pixels", noise_dims=8, steps=100, evals=1, eval_episodes=1, run_dir=tmp_path, set=[])
+    options = bench.trial_config("metaworld/drawer-close-v3", "video,noisy_tv", "repo", 0, args)["env"]["options"]
+    assert options["render_quality"] == "fast" and options["image_size"] == bench.IMAGE_SIZE
+    env = embodied.make("metaworld/drawer-close-v3", **options)
+    assert env.unwrapped.sim.model.vis.quality.offsamples == 0
+    frame, _ = env.reset(seed=0)
+    steps, ended = 0, False
+    while not ended:
+        frame, _, terminated, truncated, info = env.step(env.action_space.sample())
+        steps, ended = steps + 1, terminated or truncated
+    assert steps == 250 and frame.shape == (32, 32, 3) and "success" in info
+    plain = embodied.make("metaworld/drawer-close-v3", **{**options, "distractors": None})
+    drawer = plain.reset(seed=0)[0].astype(float)  # the scene without distractors: the green drawer shows
+    green = (drawer[..., 1] > drawer[..., 0] + 30) & (drawer[..., 1] > drawer[..., 2] + 30)
+    assert green.sum() >= 4
+    env.close(), plain.close()

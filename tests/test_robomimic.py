@@ -177,6 +177,22 @@ def test_pixel_observations():
         env.close()
 
 
+def test_fast_rendering_keeps_the_physics_and_survives_hard_resets():
+    fast = robomimic.make_env("Lift", hard_reset=True, obs="state+pixels", image_size=32, render_quality="fast")
+    full = robomimic.make_env("Lift", hard_reset=True, obs="state+pixels", image_size=32)
+    try:
+        for seed in (1, 2):  # the second reset rebuilds the model: it is drawn fast too
+            obs = {"fast": fast.reset(seed=seed)[0], "full": full.reset(seed=seed)[0]}
+            assert fast.unwrapped.robosuite_env.sim.model._model.vis.quality.offsamples == 0
+            assert full.unwrapped.robosuite_env.sim.model._model.vis.quality.offsamples > 0
+            np.testing.assert_array_equal(obs["fast"]["state"], obs["full"]["state"])
+            assert not np.array_equal(obs["fast"]["pixels"], obs["full"]["pixels"]) and obs["fast"]["pixels"].std() > 5
+            action = np.full(7, 0.3, np.float32)
+            np.testing.assert_array_equal(fast.step(action)[0]["state"], full.step(action)[0]["state"])
+    finally:
+        fast.close(), full.close()
+
+
 def test_bad_options_are_clear_errors():
     with pytest.raises(EnvOptionError, match="agentview"):  # lists the valid cameras
         robomimic.make_env("Lift", camera="nope")
@@ -186,6 +202,8 @@ def test_bad_options_are_clear_errors():
         robomimic.make_env("PickPlaceCam")
     with pytest.raises(EnvOptionError, match="max_episode_steps"):
         robomimic.make_env("Lift", max_episode_steps=0)
+    with pytest.raises(EnvOptionError, match="render_quality for robomimic envs must be one of full, fast"):
+        robomimic.make_env("Lift", render_quality="best")
 
 
 def test_missing_extra_says_how_to_install(monkeypatch):

@@ -1,11 +1,12 @@
-"""MuJoCo rendering shared by the suites Gymnasium's MuJoCo renderer draws (``mujoco/``,
-``metaworld/``): the ``render_quality`` option, and every env drawing in its own GL context.
+"""MuJoCo rendering shared by the suites: the ``render_quality`` option (``mujoco/``,
+``metaworld/``, ``robomimic/``), and every env Gymnasium's MuJoCo renderer draws (``mujoco/``,
+``metaworld/``) drawing in its own GL context (robomimic's envs see to theirs themselves).
 
 :func:`set_render_quality` -- "full" renders the scene as its authors lit it; "fast" turns off
 shadows, reflections and multisample anti-aliasing. The bodies, colours and camera stay (edges go
 jagged, shadows go, a reflecting floor shows its bare texture) and physics is untouched, while a
 software renderer (Mesa, on a machine without a GPU) spends most of a frame on those three:
-at 32x32, Walker2d-v5 renders ~25x faster and Meta-World ~10x (``results/pixel_throughput.md``).
+at 32x32, Walker2d-v5 renders ~22x faster and Meta-World ~10x (``results/pixel_throughput.md``).
 An agent trained on one quality sees the other as a shifted visual domain: keep them the same.
 
 :func:`own_gl_context` -- Gymnasium's renderer makes its GL context current only when it creates
@@ -27,13 +28,17 @@ from embodied.envs.wrappers import EnvOptionError
 RENDER_QUALITIES = ("full", "fast")
 
 
-def set_render_quality(model: Any, quality: str, suite: str) -> None:
-    """Apply ``render_quality`` to an ``MjModel`` before anything renders it (the anti-aliasing
-    setting is read when the renderer's GL buffers are made)."""
+def check_render_quality(quality: str, suite: str) -> None:
     if quality not in RENDER_QUALITIES:
         raise EnvOptionError(
             f"render_quality for {suite} envs must be one of {', '.join(RENDER_QUALITIES)}; got {quality!r}"
         )
+
+
+def set_render_quality(model: Any, quality: str, suite: str) -> None:
+    """Apply ``render_quality`` to an ``MjModel`` before anything renders it (the anti-aliasing
+    setting is read when the renderer's GL buffers are made)."""
+    check_render_quality(quality, suite)
     if quality == "fast":
         model.vis.quality.offsamples = 0
         model.light_castshadow[:] = 0

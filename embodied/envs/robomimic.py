@@ -96,6 +96,7 @@ SUITE_OPTIONS: dict[str, Any] = {
     "lite_physics": False,
     "hard_reset": False,
     "max_episode_steps": None,
+    "render_quality": "full",  # "fast": no shadows, reflections or anti-aliasing (embodied.envs.mjrender)
 }
 
 #: Arguments that differ between tasks; the rest (below, in RobomimicEnv) are shared.
@@ -167,7 +168,11 @@ class RobomimicEnv(gym.Env):
         image_size: int | tuple[int, int] = 64,
         camera: str | None = None,
         max_episode_steps: int | None = None,
+        render_quality: str = "full",
     ):
+        from embodied.envs.mjrender import check_render_quality
+
+        check_render_quality(render_quality, "robomimic")
         if task not in TASKS:
             near = closest(task, TASKS)
             raise EnvOptionError(
@@ -207,6 +212,8 @@ class RobomimicEnv(gym.Env):
             raise EnvOptionError(f"unknown camera {camera!r} for robomimic/{task}; valid: {', '.join(cameras)}")
 
         self.task = task
+        self.render_quality = render_quality
+        self._set_render_quality()
         self.cameras = cameras
         self.camera = camera
         self.render_mode = render_mode
@@ -242,6 +249,8 @@ class RobomimicEnv(gym.Env):
         if self.robosuite_env.hard_reset:
             self._use_gl_context()  # a hard reset frees it: free ours, not another env's
         self.robosuite_env.reset()
+        if self.robosuite_env.hard_reset:
+            self._set_render_quality()  # a new model
         # Observables that read others' values from robosuite's cache (an object's pose
         # relative to the gripper) are zeros on the first update after a reset; a second
         # update fills them in.
@@ -267,6 +276,11 @@ class RobomimicEnv(gym.Env):
         # These tasks have no failure state, and success is not terminal in robomimic
         # either (its rollouts stop at success only if asked): only truncation ends one.
         return self._observation(sim_obs), float(reward), False, truncated, info
+
+    def _set_render_quality(self) -> None:
+        from embodied.envs.mjrender import set_render_quality
+
+        set_render_quality(self.robosuite_env.sim.model._model, self.render_quality, "robomimic")
 
     def _use_gl_context(self) -> bool:
         """Make this env's GL context current, if it has one.
@@ -302,8 +316,9 @@ class RobomimicEnv(gym.Env):
 
 def make_env(task: str, **options: Any) -> gym.Env:
     """Build ``robomimic/<task>``; options as in :func:`embodied.make`, plus
-    ``reward_shaping`` (dense reward), ``lite_physics``, ``hard_reset`` and
-    ``max_episode_steps`` (see the module docstring)."""
+    ``reward_shaping`` (dense reward), ``lite_physics``, ``hard_reset``,
+    ``max_episode_steps`` (see the module docstring) and ``render_quality``
+    (:mod:`embodied.envs.mjrender`)."""
     common, specific = split_options("robomimic", options, SUITE_OPTIONS)
     if common["obs"] != "state" and common["render_mode"] is None:
         raise EnvOptionError(f"obs={common['obs']!r} renders frames, so render_mode must be 'rgb_array', not None")
@@ -316,5 +331,6 @@ def make_env(task: str, **options: Any) -> gym.Env:
         image_size=common["image_size"],
         camera=common["camera"],
         max_episode_steps=specific["max_episode_steps"],
+        render_quality=specific["render_quality"],
     )
     return apply_options(env, common)

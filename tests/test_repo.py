@@ -693,17 +693,18 @@ def test_bench_walker_runs_never_end_early_and_the_reward_says_it_fell(tmp_path)
     assert rewards[0] > 1.5 and max(abs(r) for r in rewards[-50:]) < 1.0
 
 
-def test_bench_metaworld_runs_see_the_drawer_through_fast_rendering(tmp_path):
-    """The Meta-World config: drawer-close from 32x32 pixels, 250 agent steps an episode at action
-    repeat 2, drawn without shadows and anti-aliasing, the distractors on top."""
+@pytest.mark.parametrize("task, colour", [("drawer-close-v3", "green"), ("button-press-topdown-v3", "yellow")])
+def test_bench_metaworld_runs_see_the_task_through_fast_rendering(tmp_path, task, colour):
+    """The Meta-World configs: 32x32 pixels, 250 agent steps an episode at action repeat 2, drawn
+    without shadows and anti-aliasing, the distractors on top; the task's object shows."""
     from argparse import Namespace
 
     from embodied.bench import repo as bench
 
     args = Namespace(obs="pixels", noise_dims=8, steps=100, evals=1, eval_episodes=1, run_dir=tmp_path, set=[])
-    options = bench.trial_config("metaworld/drawer-close-v3", "video,noisy_tv", "repo", 0, args)["env"]["options"]
+    options = bench.trial_config(f"metaworld/{task}", "video,noisy_tv", "repo", 0, args)["env"]["options"]
     assert options["render_quality"] == "fast" and options["image_size"] == bench.IMAGE_SIZE
-    env = embodied.make("metaworld/drawer-close-v3", **options)
+    env = embodied.make(f"metaworld/{task}", **options)
     assert env.unwrapped.sim.model.vis.quality.offsamples == 0
     frame, _ = env.reset(seed=0)
     steps, ended = 0, False
@@ -711,8 +712,12 @@ def test_bench_metaworld_runs_see_the_drawer_through_fast_rendering(tmp_path):
         frame, _, terminated, truncated, info = env.step(env.action_space.sample())
         steps, ended = steps + 1, terminated or truncated
     assert steps == 250 and frame.shape == (32, 32, 3) and "success" in info
-    plain = embodied.make("metaworld/drawer-close-v3", **{**options, "distractors": None})
-    drawer = plain.reset(seed=0)[0].astype(float)  # the scene without distractors: the green drawer shows
-    green = (drawer[..., 1] > drawer[..., 0] + 30) & (drawer[..., 1] > drawer[..., 2] + 30)
-    assert green.sum() >= 4
+    plain = embodied.make(f"metaworld/{task}", **{**options, "distractors": None})
+    scene = plain.reset(seed=0)[0].astype(float)  # without distractors: the green drawer, the yellow box
+    red, green, blue = scene[..., 0], scene[..., 1], scene[..., 2]
+    if colour == "green":
+        shown = (green > red + 30) & (green > blue + 30)
+    else:
+        shown = (red > blue + 80) & (green > blue + 80)
+    assert shown.sum() >= 4
     env.close(), plain.close()

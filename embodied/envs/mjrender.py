@@ -50,7 +50,7 @@ class OwnContextRenderer(MujocoRenderer):
 
     def render(self, render_mode: str | None):
         viewer = self._viewers.get(render_mode)
-        if viewer is not None and hasattr(viewer, "make_context_current"):
+        if viewer is not None:
             viewer.make_context_current()
         return super().render(render_mode)
 

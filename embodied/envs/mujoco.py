@@ -2,7 +2,7 @@
 
 The env is Gymnasium's own class, built from its registered entry point with our
 rendering settings (``image_size``, ``camera``, ``render_quality``: "fast" drops shadows,
-reflections and anti-aliasing, which makes pixel observations of the locomotion tasks ~25x
+reflections and anti-aliasing, which makes pixel observations of the locomotion tasks ~20x
 cheaper on a machine without a GPU; :mod:`embodied.envs.mjrender`); every
 other keyword of the Gymnasium env (``frame_skip``, ``ctrl_cost_weight``, ...) passes through
 unchanged.
@@ -32,9 +32,12 @@ MAX_EPISODE_STEPS = {task: 100 if task == "Pusher-v5" else 50 if task == "Reache
 
 def make_env(task: str, **options: Any) -> gym.Env:
     """Build ``mujoco/<task>``; Gymnasium's own env kwargs are accepted too."""
+    from embodied.envs.mjrender import check_render_quality, own_gl_context, set_render_quality
+
     spec = gym.spec(task)
     options = dict(options)
     render_quality = options.pop("render_quality", "full")
+    check_render_quality(render_quality, "mujoco")  # before building the env
     env_kwargs = {k: v for k, v in options.items() if k not in COMMON_OPTIONS}
     common, _ = split_options("mujoco", {k: v for k, v in options.items() if k in COMMON_OPTIONS}, {})
     height, width = image_hw(common["image_size"])
@@ -49,8 +52,6 @@ def make_env(task: str, **options: Any) -> gym.Env:
         raise EnvOptionError(
             f"mujoco/{task}: {error}. Common options: {', '.join(COMMON_OPTIONS)}; and render_quality"
         ) from None
-    from embodied.envs.mjrender import own_gl_context, set_render_quality
-
     set_render_quality(env.unwrapped.model, render_quality, "mujoco")
     own_gl_context(env.unwrapped.mujoco_renderer)
     # Offscreen only (no display on the machines this runs on), like every other suite.

@@ -506,7 +506,8 @@ def test_bench_writes_control_alignment_probe_and_speed_and_reuses_finished_part
     assert rows[1] == "| nav/open-v0 | none | " + " | ".join(c.split(" (")[0] for c in control.split(" | ")[2:]) + " |"
     # fixed policies for scale, in the runs' own scene: the scripted one reaches the goal
     assert "| nav/open-v0 | uniform random |" in text and "| nav/open-v0 | zero action |" in text
-    assert "| nav/open-v0 | best constant action (of 8 directions) |" in text
+    held = next(line for line in text.splitlines() if line.startswith("| nav/open-v0 | best constant action (of 8, ["))
+    assert "]) |" in held  # the action held, each dim at its low, 0 or high
     scripted = next(line for line in text.splitlines() if line.startswith("| nav/open-v0 | scripted |"))
     assert scripted.endswith("| 1.00 |")
     probes = sorted((tmp_path / "runs" / "probes").glob("*.json"))
@@ -590,6 +591,41 @@ def test_bench_set_can_be_limited_to_one_envs_runs(tmp_path):
     with pytest.raises(SystemExit, match="--set mujoco/Reacher-v5:algo.horizon=5: mujoco/Reacher-v5 is not one of"):
         bench.main(["--envs", "nav/open-v0", "--set", "mujoco/Reacher-v5:algo.horizon=5", "--run-dir",
                     str(tmp_path / "runs"), "--out", str(tmp_path / "repo.md")])  # fmt: skip
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "repo.md").exists()
+
+
+def test_bench_budgets_can_differ_per_env_and_bad_ones_are_refused_up_front(tmp_path):
+    """``--steps 10000 metaworld/drawer-close-v3=6000``: envs that learn at different paces share a page."""
+    from argparse import Namespace
+
+    from embodied.bench import repo as bench
+
+    envs = ["nav/open-v0", "metaworld/drawer-close-v3"]
+    steps = bench.budgets(["10000", "metaworld/drawer-close-v3=6000"], "--steps", envs)
+    assert steps == {"nav/open-v0": 10000, "metaworld/drawer-close-v3": 6000}
+    assert bench.budgets(["nav/open-v0=4", "metaworld/drawer-close-v3=2"], "--evals", envs, minimum=1) == {
+        "nav/open-v0": 4, "metaworld/drawer-close-v3": 2}  # fmt: skip
+    evals = {"nav/open-v0": 10, "metaworld/drawer-close-v3": 3}
+    args = Namespace(obs="pixels", noise_dims=8, steps=steps, evals=evals, eval_episodes={"nav/open-v0": 10,
+                     "metaworld/drawer-close-v3": 5}, run_dir=tmp_path, set=[])  # fmt: skip
+    nav = bench.trial_config("nav/open-v0", "none", "repo", 0, args)["train"]
+    drawer = bench.trial_config("metaworld/drawer-close-v3", "none", "repo", 0, args)["train"]
+    assert (nav["steps"], nav["eval_every"], nav["eval_episodes"], nav["checkpoint_every"]) == (10000, 1000, 10, 10000)
+    assert (drawer["steps"], drawer["eval_every"], drawer["eval_episodes"], drawer["log_every"]) == (6000, 2000, 5, 300)
+    assert bench.budget_text(steps | {"mujoco/Reacher-v5": 10000}) == "10000 (6000 in metaworld/drawer-close-v3's runs)"
+    assert bench.budget_text({"nav/open-v0": 30, "metaworld/drawer-close-v3": 30}) == "30"
+    base = ["--envs", *envs, "--run-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "repo.md")]
+    for extra, words in ((["--steps", "10000", "mujoco/Reacher-v5=6000"], "--steps mujoco/Reacher-v5=6000: "
+                          "mujoco/Reacher-v5 is not one of the runs' envs"),
+                         (["--steps", "nav/open-v0=6000"], "--steps has no value for metaworld/drawer-close-v3"),
+                         (["--steps", "6000", "7000"], "--steps 7000: the plain value is given twice"),
+                         (["--steps", "lots"], "--steps takes N or ENV=N (a whole number), got 'lots'"),
+                         (["--evals", "6", "nav/open-v0=0"], "--evals nav/open-v0=0: must be >= 1"),
+                         (["--steps", "6000", "metaworld/drawer-close-v3=5000", "--evals", "6"],
+                          "--steps 5000 must be a multiple of --evals 6 (metaworld/drawer-close-v3's)"),
+                         (["--steps", "6000", "nav/open-v0=0"], "--steps 0 skips the runs: give it every env or none")):  # fmt: skip
+        with pytest.raises(SystemExit, match=re.escape(words)):
+            bench.main([*base, *extra])
     assert not (tmp_path / "runs").exists() and not (tmp_path / "repo.md").exists()
 
 

@@ -35,6 +35,10 @@ same budget, without alignment (new colours do not change a state). Its distract
 ``none`` or ``noise``: ``--noise-dims`` fresh N(0, 1) numbers appended to the state each step
 (the env option ``state_noise``), the "noisy TV" of the latent probe, now in control runs.
 
+``--steps``, ``--evals`` and ``--eval-episodes`` take one number for every env and, as
+``ENV=N``, an env's own, so envs that learn at different paces share one page:
+``--steps 10000 metaworld/drawer-close-v3=6000 --evals 10 metaworld/drawer-close-v3=3``.
+
 A rerun reuses what an earlier one finished under ``--run-dir``: control runs, alignments
 and probes with the same settings. A control run that finished fewer ``--steps`` with the
 same evaluation interval (``--steps / --evals``) is continued from its last checkpoint, so
@@ -117,12 +121,54 @@ def trial_config(env_id: str, distractors: str, objective: str, seed: int, args)
         options["distractors"] = distractor_spec(distractors)
     raw["env"]["options"] = options
     tag = distractor_tag(distractors) + ("-state" if args.obs == "state" else "")  # pixel runs keep their names
+    steps, evals = for_env(args.steps, env_id), for_env(args.evals, env_id)
     raw["train"] = {
-        "steps": args.steps, "seed": seed, "eval_every": args.steps // args.evals, "eval_episodes": args.eval_episodes,
-        "log_every": max(1, args.steps // 20), "checkpoint_every": args.steps, "run_dir": str(args.run_dir),
+        "steps": steps, "seed": seed, "eval_every": steps // evals, "eval_episodes": for_env(args.eval_episodes, env_id),
+        "log_every": max(1, steps // 20), "checkpoint_every": steps, "run_dir": str(args.run_dir),
         "name": f"{objective}-{env_id.replace('/', '-')}-{tag}-seed{seed}", "progress": False, "device": "cpu",
     }  # fmt: skip
     return apply_overrides(raw, env_overrides(env_id, args.set))
+
+
+def for_env(value: int | dict[str, int], env_id: str) -> int:
+    """A budget (``--steps``, ``--evals``, ``--eval-episodes``) as ``env_id``'s runs have it."""
+    return value[env_id] if isinstance(value, dict) else value
+
+
+def budgets(entries: list[str], option: str, envs: list[str], minimum: int = 0) -> dict[str, int]:
+    """``--steps 10000 metaworld/drawer-close-v3=6000``: each env's value, the plain one unless the
+    env has its own (``ENV=N``), so envs that learn at different paces share one table."""
+    plain, own = None, {}
+    for entry in entries:
+        env_id, _, number = entry.rpartition("=")
+        env_id = env_id.strip()
+        try:
+            value = int(number)
+        except ValueError:
+            raise SystemExit(f"{option} takes N or ENV=N (a whole number), got {entry!r}") from None
+        if value < minimum:
+            raise SystemExit(f"{option} {entry}: must be >= {minimum}")
+        if env_id and env_id not in envs:
+            raise SystemExit(f"{option} {entry}: {env_id} is not one of the runs' envs ({' '.join(envs)})")
+        if (own.get(env_id) if env_id else plain) is not None:
+            raise SystemExit(f"{option} {entry}: {env_id or 'the plain value'} is given twice")
+        if env_id:
+            own[env_id] = value
+        else:
+            plain = value
+    missing = [env_id for env_id in envs if env_id not in own]
+    if missing and plain is None:
+        raise SystemExit(f"{option} has no value for {' '.join(missing)}: give N for every env, or ENV=N for each")
+    return {env_id: own.get(env_id, plain) for env_id in envs}
+
+
+def budget_text(values: dict[str, int]) -> str:
+    """``10000`` where every env has it, else the most common and the others':
+    ``10000 (6000 in metaworld/drawer-close-v3's runs)``."""
+    counts = list(values.values())
+    common = max(counts, key=counts.count)
+    others = [f"{value} in {env_id}'s runs" for env_id, value in values.items() if value != common]
+    return f"{common}" + (f" ({'; '.join(others)})" if others else "")
 
 
 def distractor_spec(text: str):
@@ -301,12 +347,33 @@ def task_options(env_id: str) -> dict:
     return {k: v for k, v in options.items() if k not in ("obs", "image_size", "distractors")}
 
 
+#: Action spaces up to this many dims get the best constant action among the references (3^d − 1 candidates).
+MAX_CONSTANT_DIMS = 4
+
+
+def best_constant_action(env, episodes: int, screen_episodes: int = 3) -> dict:
+    """The best action held all episode among every one whose dims are each at their low, 0 or
+    high (3^d − 1 of them, zero excluded): each is screened on ``screen_episodes`` episodes, the
+    best then scored on ``episodes`` (the same seeds as the other references), with the action."""
+    import itertools
+
+    from embodied.run.rollout import rollout
+
+    low, high = env.action_space.low, env.action_space.high
+    candidates = [np.array([{-1: lo, 0: 0.0, 1: hi}[sign] for sign, lo, hi in zip(signs, low, high)], np.float32)
+                  for signs in itertools.product((-1, 0, 1), repeat=len(low)) if any(signs)]  # fmt: skip
+    screened = [rollout(env, lambda _obs, a=action: a, screen_episodes, seed=10_000).mean_return for action in candidates]
+    action = candidates[int(np.argmax(screened))]
+    result = rollout(env, lambda _obs: action, episodes, seed=10_000)
+    return {"return": result.mean_return, "success_rate": result.success_rate, "action": action.tolist()}
+
+
 def reference_returns(env_id: str, episodes: int) -> dict[str, dict[str, float]]:
     """Return (and success rate, where the env reports one) of fixed policies in the control
     runs' env, for scale: uniform random actions, zero actions, and the suite's scripted
-    policy where it has one; in a 2-D action space also the best single action held all
-    episode (of 8 directions), what an agent that ignores its view can reach. The state is
-    observed (the policies ignore it), the other options are the runs' own."""
+    policy where it has one; and the best single action held all episode
+    (:func:`best_constant_action`), what an agent that ignores its view can reach. The state
+    is observed (the policies ignore it), the other options are the runs' own."""
     import embodied
     from embodied.envs import scripted_policy
     from embodied.run.rollout import random_policy, rollout
@@ -322,15 +389,8 @@ def reference_returns(env_id: str, episodes: int) -> dict[str, dict[str, float]]
     for name, policy in policies.items():
         result = rollout(env, policy, episodes, seed=10_000)
         references[name] = {"return": result.mean_return, "success_rate": result.success_rate}
-    if env.action_space.shape == (2,):
-        # one action held all episode, the best of 8 directions: a policy that ignores what it sees
-        constant = []
-        for angle in np.arange(8) * np.pi / 4:
-            action = np.clip(np.array([np.cos(angle), np.sin(angle)], np.float32),
-                             env.action_space.low, env.action_space.high)  # fmt: skip
-            result = rollout(env, lambda _obs, action=action: action, episodes, seed=10_000)
-            constant.append({"return": result.mean_return, "success_rate": result.success_rate})
-        references["best constant action (of 8 directions)"] = max(constant, key=lambda r: r["return"])
+    if env.action_space.shape[0] <= MAX_CONSTANT_DIMS:
+        references[f"best constant action (of {3 ** env.action_space.shape[0] - 1})"] = best_constant_action(env, episodes)
     env.close()
     return references
 
@@ -377,9 +437,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--obs", choices=["pixels", "state"], default="pixels",
                         help="what the agents see (state: no distractors, no alignment)")
-    parser.add_argument("--steps", type=int, default=6000, help="env steps per control run (0: skip the runs)")
-    parser.add_argument("--evals", type=int, default=6)
-    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--steps", nargs="+", default=["6000"], metavar="[ENV=]N",
+                        help="env steps per control run (0: skip the runs); ENV=N: that env's own")
+    parser.add_argument("--evals", nargs="+", default=["6"], metavar="[ENV=]N", help="evaluations per run")
+    parser.add_argument("--eval-episodes", nargs="+", default=["10"], metavar="[ENV=]N")
     parser.add_argument("--align-to", default="distractors=colors", help="KEY=VALUE[;KEY=VALUE]: the shifted domain")
     parser.add_argument("--align-steps", type=int, default=1000, help="target-domain env steps of alignment (0: skip)")
     parser.add_argument("--align-calibration", type=int, default=0, metavar="N",
@@ -406,8 +467,15 @@ def main(argv: list[str] | None = None) -> None:
         scope = override_scope(override)
         if scope and scope not in args.envs:
             raise SystemExit(f"--set {override}: {scope} is not one of the runs' envs ({' '.join(args.envs)})")
-    if args.steps and args.steps % args.evals:
-        raise SystemExit(f"--steps {args.steps} must be a multiple of --evals {args.evals}")
+    args.steps = budgets(args.steps, "--steps", args.envs)
+    args.evals = budgets(args.evals, "--evals", args.envs, minimum=1)
+    args.eval_episodes = budgets(args.eval_episodes, "--eval-episodes", args.envs, minimum=1)
+    for env_id, steps in args.steps.items():
+        if steps % args.evals[env_id]:
+            where = f" ({env_id}'s)" if len(args.envs) > 1 else ""
+            raise SystemExit(f"--steps {steps} must be a multiple of --evals {args.evals[env_id]}{where}")
+    if 0 in args.steps.values() and any(args.steps.values()):
+        raise SystemExit("--steps 0 skips the runs: give it every env or none")
     if args.obs == "state" and not set(args.distractors) <= {"none", "noise"}:
         raise SystemExit(f"--obs state: distractors are drawn in pixels; a state's are none or noise (--noise-dims "
                          f"N(0, 1) dims appended), got {' '.join(args.distractors)}")
@@ -448,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
                                    "align_calibration": args.align_calibration,
                                    "calibrated_settings": calibrated_settings,
                                    "calibrated_ratio": args.calibrated_updates_per_step,
-                                   "eval_episodes": args.eval_episodes})  # fmt: skip
+                                   "eval_episodes": args.eval_episodes[env_id]})  # fmt: skip
                     if args.records:
                         trials[-1]["record"] = str(record_path(args.records, trials[-1]["config"]["train"]["name"],
                                                                record_settings(trials[-1])))
@@ -456,8 +524,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{r['env']} {r['distractors']} {r['objective']} seed {r['seed']}: return {r['evals'][-1]['eval/return']:.2f}"
         + (f", aligned {r['align']['target_before']:.2f} -> {r['align']['target_after']:.2f}" if "align" in r else "")
         + (f", calibrated -> {r['align_calibrated']['target_after']:.2f}" if "align_calibrated" in r else "")
-    )) if args.steps else []  # fmt: skip
-    references = {env_id: reference_returns(env_id, max(args.eval_episodes, 30)) for env_id in args.envs}
+    )) if any(args.steps.values()) else []  # fmt: skip
+    references = {env_id: reference_returns(env_id, max(args.eval_episodes[env_id], 30)) for env_id in args.envs}
     speeds = {(env_id, objective): update_speed(env_id, objective, obs=args.obs)
               for env_id in args.envs for objective in args.objectives}  # fmt: skip
     write(results, probe_results, references, speeds, align_to, args, command.strip())
@@ -507,8 +575,8 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
         "",
         f"Made by `{command}` ({time.strftime('%Y-%m-%d')}, CPU, one torch thread per run, {args.workers} runs at a "
         f"time). {seen[0].upper() + seen[1:]}{noise}, sizes shrunk for the CPU ({sizes}; RePo's are Dreamer v1's), "
-        f"{args.steps} env steps per run, evaluation return of the deterministic policy over {args.eval_episodes} "
-        f"episodes, mean ± std over seeds {', '.join(map(str, args.seeds))}. Env options from "
+        f"{budget_text(args.steps)} env steps per run, evaluation return of the deterministic policy over "
+        f"{budget_text(args.eval_episodes)} episodes, mean ± std over seeds {', '.join(map(str, args.seeds))}. Env options from "
         + "; ".join(f"`configs/repo/{CONFIGS[env_id]}` ({env_settings(env_id)})" for env_id in args.envs) + ".",
     ]
     recorded = [r for r in results if r.get("record")]
@@ -535,7 +603,7 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
 
     if results:
         lines += ["", "## Control: final return", "", *objective_table(final_cell)]
-        lines += ["", f"Over the whole run: the mean of each run's {args.evals} evaluation returns (the area under its "
+        lines += ["", f"Over the whole run: the mean of each run's {budget_text(args.evals)} evaluation returns (the area under its "
                   "learning curve, per evaluation), mean ± std over seeds.", "",
                   *objective_table(lambda runs: mean_std([np.mean([row["eval/return"] for row in r["evals"]])
                                                           for r in runs]))]  # fmt: skip
@@ -559,12 +627,13 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
             lines.append(f"| {env_id} | {distractors} | {objective} | " + " | ".join(cells) + " |")
     if references:
         lines += ["", "For scale, fixed policies in the same envs (no distractors change a return), mean over "
-                  f"{max(args.eval_episodes, 30)} episodes:", "",
+                  f"{budget_text({e: max(n, 30) for e, n in args.eval_episodes.items()})} episodes:", "",
                   "| env | policy | return | success rate |", "|---|---|---:|---:|"]  # fmt: skip
         for env_id, policies in references.items():
             for name, reference in policies.items():
                 success = reference["success_rate"]
-                lines.append(f"| {env_id} | {name} | {reference['return']:.2f} | "
+                held = f", {np.round(reference['action'], 2).tolist()}" if "action" in reference else ""
+                lines.append(f"| {env_id} | {name[:-1] + held + ')' if held else name} | {reference['return']:.2f} | "
                              f"{'n/a' if success is None else f'{success:.2f}'} |")  # fmt: skip
     if aligned:
         target = ", ".join(f"{k}={v}" for k, v in align_to.items())

@@ -148,8 +148,8 @@ def budgets(entries: list[str], option: str, envs: list[str], minimum: int = 0) 
             raise SystemExit(f"{option} takes N or ENV=N (a whole number), got {entry!r}") from None
         if value < minimum:
             raise SystemExit(f"{option} {entry}: must be >= {minimum}")
-        if env_id and env_id not in envs:
-            raise SystemExit(f"{option} {entry}: {env_id} is not one of the runs' envs ({' '.join(envs)})")
+        if env_id:
+            refuse_other_env(f"{option} {entry}", env_id, envs)
         if (own.get(env_id) if env_id else plain) is not None:
             raise SystemExit(f"{option} {entry}: {env_id or 'the plain value'} is given twice")
         if env_id:
@@ -160,6 +160,12 @@ def budgets(entries: list[str], option: str, envs: list[str], minimum: int = 0) 
     if missing and plain is None:
         raise SystemExit(f"{option} has no value for {' '.join(missing)}: give N for every env, or ENV=N for each")
     return {env_id: own.get(env_id, plain) for env_id in envs}
+
+
+def refuse_other_env(what: str, env_id: str, envs: list[str]) -> None:
+    """A per-env setting (``--set ENV:...``, ``--steps ENV=N``) for an env the bench does not run is refused."""
+    if env_id not in envs:
+        raise SystemExit(f"{what}: {env_id} is not one of the runs' envs ({' '.join(envs)})")
 
 
 def budget_text(values: dict[str, int]) -> str:
@@ -351,10 +357,10 @@ def task_options(env_id: str) -> dict:
 MAX_CONSTANT_DIMS = 4
 
 
-def best_constant_action(env, episodes: int, screen_episodes: int = 3) -> dict:
+def best_constant_action(env, episodes: int, screen_episodes: int = 3) -> tuple[np.ndarray, dict]:
     """The best action held all episode among every one whose dims are each at their low, 0 or
     high (3^d − 1 of them, zero excluded): each is screened on ``screen_episodes`` episodes, the
-    best then scored on ``episodes`` (the same seeds as the other references), with the action."""
+    best then scored on ``episodes`` (the same seeds as the other references): the action, its score."""
     import itertools
 
     from embodied.run.rollout import rollout
@@ -365,7 +371,7 @@ def best_constant_action(env, episodes: int, screen_episodes: int = 3) -> dict:
     screened = [rollout(env, lambda _obs, a=action: a, screen_episodes, seed=10_000).mean_return for action in candidates]
     action = candidates[int(np.argmax(screened))]
     result = rollout(env, lambda _obs: action, episodes, seed=10_000)
-    return {"return": result.mean_return, "success_rate": result.success_rate, "action": action.tolist()}
+    return action, {"return": result.mean_return, "success_rate": result.success_rate}
 
 
 def reference_returns(env_id: str, episodes: int) -> dict[str, dict[str, float]]:
@@ -390,7 +396,8 @@ def reference_returns(env_id: str, episodes: int) -> dict[str, dict[str, float]]
         result = rollout(env, policy, episodes, seed=10_000)
         references[name] = {"return": result.mean_return, "success_rate": result.success_rate}
     if env.action_space.shape[0] <= MAX_CONSTANT_DIMS:
-        references[f"best constant action (of {3 ** env.action_space.shape[0] - 1})"] = best_constant_action(env, episodes)
+        action, result = best_constant_action(env, episodes)
+        references[f"best constant action (of {3 ** len(action) - 1}, {np.round(action, 2).tolist()})"] = result
     env.close()
     return references
 
@@ -465,8 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m embodied.bench.repo " + shlex.join(argv if argv is not None else sys.argv[1:])
     for override in args.set or []:
         scope = override_scope(override)
-        if scope and scope not in args.envs:
-            raise SystemExit(f"--set {override}: {scope} is not one of the runs' envs ({' '.join(args.envs)})")
+        if scope:
+            refuse_other_env(f"--set {override}", scope, args.envs)
     args.steps = budgets(args.steps, "--steps", args.envs)
     args.evals = budgets(args.evals, "--evals", args.envs, minimum=1)
     args.eval_episodes = budgets(args.eval_episodes, "--eval-episodes", args.envs, minimum=1)
@@ -632,8 +639,7 @@ def write(results, probes, references, speeds, align_to, args, command: str) -> 
         for env_id, policies in references.items():
             for name, reference in policies.items():
                 success = reference["success_rate"]
-                held = f", {np.round(reference['action'], 2).tolist()}" if "action" in reference else ""
-                lines.append(f"| {env_id} | {name[:-1] + held + ')' if held else name} | {reference['return']:.2f} | "
+                lines.append(f"| {env_id} | {name} | {reference['return']:.2f} | "
                              f"{'n/a' if success is None else f'{success:.2f}'} |")  # fmt: skip
     if aligned:
         target = ", ".join(f"{k}={v}" for k, v in align_to.items())

@@ -479,10 +479,12 @@ def cmd_prefs(args: argparse.Namespace) -> int:
         print(f"wrote {args.new_name}: {args.dataset} with rewards from {args.model}")
     elif args.action == "transfer":
         from embodied.algos import pearl
+        from embodied.data.dataset import resolve_device
 
+        device = resolve_device(args.device)  # before the datasets load and the transport starts
         config = pearl.PEARLConfig(target_segments=args.segments,
                                    target_pairs=args.pairs, gw_epsilon=args.epsilon, features=args.features,
-                                   fused_alpha=args.fused_alpha, device=args.device)  # fmt: skip
+                                   fused_alpha=args.fused_alpha, device=device)  # fmt: skip
         source, target = load_dataset(args.source), load_dataset(args.target)
         if args.source_labels:
             labels = pearl.transfer(source, prefs.load_preferences(args.source, args.source_labels), target, config,
@@ -608,7 +610,8 @@ def _add_prefs_commands(commands) -> None:
     transfer.add_argument("--fused-alpha", type=float, default=1.0, metavar="ALPHA",
                           help="fused GW: weight of the structure term, 1 - ALPHA on the source-target feature "
                           "cost (default 1: plain GW, the paper's)")  # fmt: skip
-    transfer.add_argument("--device", default="cpu", help="cuda: POT's torch backend on the GPU")
+    transfer.add_argument("--device", default="cpu",
+                          help="cuda: POT's torch backend on the GPU (auto: when present)")  # fmt: skip
     transfer.add_argument("--name", help="label set name on the target (default pearl-from-SOURCE)")
     transfer.add_argument("--seed", type=int, default=0)
     transfer.add_argument("--overwrite", action="store_true")

@@ -1,5 +1,7 @@
 """Every algorithm passes one tester: updates, acting, save -> load -> same outputs, resume."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -175,8 +177,6 @@ def test_a_schedule_that_would_fail_mid_run_is_refused_when_parsed(algo, key, va
 
 
 def test_every_shipped_config_parses():
-    from pathlib import Path
-
     configs = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
     assert configs
     for path in configs:
@@ -196,6 +196,33 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert main(["train", str(config), "--set", "algo.expectile=0.8"]) == 2
     assert "unknown key 'algo.expectile'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nothing"), "--episodes", "1"]) == 2
+
+
+def test_a_device_this_machine_lacks_is_refused_before_the_run_exists(tmp_path, capsys, monkeypatch):
+    """SB3 quietly trains on the CPU when asked for a missing GPU; RePo fails deep in torch. Both
+    now stop at once with the reason, and no run directory is left behind."""
+    from embodied.bench import repo_speed
+    from embodied.cli import main
+    from embodied.data.dataset import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = Path(__file__).parent.parent / "configs" / "sac" / "metaworld-reach.yaml"
+    for device, reason in [("cuda", "no CUDA device on this machine"), ("cdua", "is not a torch device")]:
+        runs = tmp_path / device
+        assert main(["train", str(config), "--set", f"train.device={device}", "--set", f"train.run_dir={runs}"]) == 2
+        assert reason in capsys.readouterr().err
+        assert not runs.exists()
+    assert main(["prefs", "transfer", "--source", "a", "--target", "b", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(ValueError, match="has 1 CUDA device"):
+        resolve_device("cuda:1")
+    with pytest.raises(SystemExit):  # the benches' --device: refused before any dataset is collected
+        repo_speed.main(["--device", "cdua"])
+    assert "is not a torch device" in capsys.readouterr().err
 
 
 def test_eval_reports_each_episode_and_the_returns_of_successes_and_failures(tmp_path, capsys, monkeypatch):

@@ -59,6 +59,19 @@ def run_trials(run_trial, trials: list[dict], workers: int, describe) -> list[di
     return results
 
 
+def device_arg(text: str) -> str:
+    """argparse ``type`` of a bench's ``--device``: one this machine lacks is refused before
+    anything is collected or timed."""
+    import argparse
+
+    from embodied.data.dataset import resolve_device
+
+    try:
+        return resolve_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def calls_per_second(function, calls: int, device: str = "cpu") -> float:
     """Calls of ``function()`` per second, the GPU's queue drained before and after."""
     import time

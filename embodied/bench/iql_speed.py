@@ -29,7 +29,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch  # noqa: E402
 
-from embodied.bench import calls_per_second  # noqa: E402
+from embodied.bench import calls_per_second, device_arg  # noqa: E402
 
 
 def ours(dataset, agent, updates: int, generator, batch_size: int = 256) -> float:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_arg, default="cpu")
     parser.add_argument("--d3rlpy-python", type=Path, default=Path(".venv-d3rlpy/bin/python"))
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--corl-iql", type=Path, default=None,

@@ -30,7 +30,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import torch  # noqa: E402
 
-from embodied.bench import calls_per_second  # noqa: E402
+from embodied.bench import calls_per_second, device_arg  # noqa: E402
 from embodied.bench.iql_speed import script_result  # noqa: E402
 from embodied.bench.repo import speed_agent  # noqa: E402
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=5, help="timed updates per round and variant")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_arg, default="cpu")
     parser.add_argument("--compile", action="store_true", help="also torch.compile variants of both libraries")
     parser.add_argument("--objectives", nargs="+", default=["dreamer", "repo"], choices=["dreamer", "repo"])
     parser.add_argument("--sheeprl-python", type=Path, default=Path(".venv-sheeprl/bin/python"))

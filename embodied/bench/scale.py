@@ -36,7 +36,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from embodied.bench import calls_per_second  # noqa: E402
+from embodied.bench import calls_per_second, device_arg  # noqa: E402
 from embodied.bench.iql_speed import corl, d3rlpy, ours  # noqa: E402
 
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_arg, default="cpu")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-world-models", action="store_true", help="skip RePo and Dreamer")
     parser.add_argument("--d3rlpy-python", type=Path, default=Path(".venv-d3rlpy/bin/python"))

@@ -358,9 +358,26 @@ class Dataset:
 
 
 def resolve_device(device: str | torch.device) -> str:
-    """``"auto"`` picks CUDA when present."""
+    """``"auto"`` picks CUDA when present. Any other device must exist on this machine: a
+    ValueError says so, rather than a traceback from deep in torch or (SB3) a silent fall
+    back to the CPU."""
     if str(device) == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {str(device)!r} is not a torch device (e.g. 'auto', 'cpu', 'cuda', 'cuda:1'): "
+                         f"{error}") from None  # fmt: skip
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"device {str(device)!r}: no CUDA device on this machine (torch {torch.__version__}, "
+                             f"{build}); use 'auto' or 'cpu'")  # fmt: skip
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")  # fmt: skip
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: MPS is not available on this machine; use 'auto' or 'cpu'")
     return str(device)
 
 

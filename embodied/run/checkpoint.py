@@ -90,12 +90,15 @@ def load_weights(agent, payload: dict) -> None:
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """The agent saved at ``path`` (a checkpoint file or a run directory), ready to act."""
+    """The agent saved at ``path`` (a checkpoint file or a run directory), ready to act on
+    ``device`` (``"auto"``: CUDA when present)."""
     from minari.serialization import deserialize_space
 
     from embodied.algos import agent_class
+    from embodied.data.dataset import resolve_device
     from embodied.run.config import parse
 
+    device = resolve_device(device)  # "auto", or a clear error for a device this machine lacks
     payload = read(path)
     config = parse(upgraded_config(payload["config"], payload))
     agent = agent_class(payload["algo"])(

@@ -145,6 +145,9 @@ def open_run(config: RunConfig | None, resume: str | Path | None) -> tuple[RunCo
         return parse(checkpoint.upgraded_config(yaml.safe_load(saved.read_text()), payload)), run_dir, payload
     if config is None:
         raise ValueError("give a config or a run directory to resume")
+    from embodied.data.dataset import resolve_device
+
+    resolve_device(config.train.device)  # a device this machine lacks fails before the run directory exists
     run_dir = Path(config.train.run_dir) / run_name(config)
     if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
         raise FileExistsError(f"{run_dir} already holds a run: resume it with --resume {run_dir}, or rename")

@@ -729,7 +729,8 @@ def test_bench_walker_runs_never_end_early_and_the_reward_says_it_fell(tmp_path)
     assert rewards[0] > 1.5 and max(abs(r) for r in rewards[-50:]) < 1.0
 
 
-@pytest.mark.parametrize("task, colour", [("drawer-close-v3", "green"), ("button-press-topdown-v3", "yellow")])
+@pytest.mark.parametrize("task, colour", [("drawer-close-v3", "green"), ("drawer-open-v3", "green"),
+                                         ("button-press-topdown-v3", "yellow")])
 def test_bench_metaworld_runs_see_the_task_through_fast_rendering(tmp_path, task, colour):
     """The Meta-World configs: 32x32 pixels, 250 agent steps an episode at action repeat 2, drawn
     without shadows and anti-aliasing, the distractors on top; the task's object shows."""

@@ -80,6 +80,7 @@ CONFIGS = {
     "mujoco/Walker2d-v5": "mujoco-walker-distracted.yaml",
     "metaworld/drawer-close-v3": "metaworld-drawer-close-distracted.yaml",
     "metaworld/button-press-topdown-v3": "metaworld-button-press-topdown-distracted.yaml",
+    "metaworld/drawer-open-v3": "metaworld-drawer-open-distracted.yaml",
 }
 #: Sizes that train here in minutes (RePo's are Dreamer v1's: 64x64 images, embedding 1024,
 #: h 200, z 30, batch 50 x 50); the update-to-data ratio stays RePo's 100 per 500 env steps.
